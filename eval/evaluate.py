@@ -1,7 +1,8 @@
 """Evaluate a model on a finetuning task: test PPL / token log-likelihood, greedy decoding, BLEU,
 chrF, ROUGE-L (+ learned metrics when installed), and zero-shot on related tasks.
 
-PPL is over target tokens only, on the same packed prefix-LM batches finetuning trains on.
+PPL is over target tokens only, on prefix-LM rows built from the same tokenized examples as
+data.pipeline.eval_batches (one example per row instead of packed: the same token PPL).
 Decoding reads exactly the prefix the model was trained on ([0] + inputs + EOS, inputs trimmed
 as in the batches), attends to it bidirectionally (prefix-LM), and continues greedily with the
 KV cache. Subsets (a test-set stratum, the first N examples) are seqio tasks registered on
@@ -9,6 +10,7 @@ demand over filtered examples, so PPL and decoding see the same examples.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
@@ -124,18 +126,52 @@ def eval_view(task: str, *, stratum: str | None = None, max_examples: int | None
 # ----------------------------------------------------------------------------- decoding
 
 
-def task_prompts(task: str, split: str, *, seq_len: int) -> tuple[list[np.ndarray], list[dict[str, str]]]:
-    """Tokenized inputs (trimmed + EOS, as in the PPL batches) and the raw examples, in file order."""
+@functools.lru_cache(maxsize=64)
+def _tokenized(task: str, split: str, seq_len: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """(inputs, targets) token arrays of a task split, trimmed + EOS exactly as its PPL batches
+    (seqio's get_dataset with the same lengths), in file order; cached: every run of a study
+    evaluates the same test sets."""
     lengths = pipeline._finetune_lengths(seq_len, INPUT_FRACTION)
     dataset = seqio.get_mixture_or_task(check_task(task)).get_dataset(
         sequence_length=lengths, split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False)
     raw = data_tasks.raw_examples(task, split)
-    prompts = []
+    inputs, targets = [], []
     for index, example in enumerate(dataset.as_numpy_iterator()):
         if example["inputs_pretokenized"].decode() != raw[index]["inputs"]:
             raise RuntimeError(f"task {task!r} split {split!r}: dataset order differs from raw_examples at {index}")
-        prompts.append(np.asarray(example["inputs"], np.int32))
-    return prompts, raw
+        inputs.append(np.asarray(example["inputs"], np.int32))
+        targets.append(np.asarray(example["targets"], np.int32))
+    return tuple(inputs), tuple(targets)
+
+
+def task_prompts(task: str, split: str, *, seq_len: int) -> tuple[list[np.ndarray], list[dict[str, str]]]:
+    """Tokenized inputs (trimmed + EOS, as in the PPL batches) and the raw examples, in file order."""
+    return list(_tokenized(task, split, seq_len)[0]), data_tasks.raw_examples(task, split)
+
+
+def likelihood_batches(task: str, split: str, *, batch_size: int, seq_len: int) -> list[dict[str, np.ndarray]]:
+    """Prefix-LM batches with one example per row (what seqio's PrefixLMFeatureConverter makes of it,
+    unpacked): token PPL equals that of data.pipeline.eval_batches' packed rows, and building them
+    from the cached tokens avoids a packing pipeline per evaluation. Short last batch: empty rows."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    inputs, targets = _tokenized(task, split, seq_len)
+    batches = []
+    for start in range(0, len(inputs), batch_size):
+        shape = (batch_size, seq_len)
+        rows = {key: np.zeros(shape, np.int32) for key in pipeline.BATCH_KEYS}
+        rows["decoder_loss_weights"] = np.zeros(shape, np.float32)
+        for row, (prefix, target) in enumerate(zip(inputs[start:start + batch_size], targets[start:start + batch_size])):
+            sequence = np.concatenate([prefix, target])
+            length = len(sequence)
+            rows["decoder_target_tokens"][row, :length] = sequence
+            rows["decoder_input_tokens"][row, 1:length] = sequence[:-1]
+            rows["decoder_loss_weights"][row, len(prefix):length] = 1.0
+            rows["decoder_causal_attention"][row, :len(prefix) + 1] = 1
+            rows["decoder_segment_ids"][row, :length] = 1
+            rows["decoder_positions"][row, :length] = np.arange(length)
+        batches.append(rows)
+    return batches
 
 
 def greedy_decode(model: nnx.Module, prompts: Sequence[np.ndarray], *, batch_size: int, max_new_tokens: int,
@@ -190,13 +226,15 @@ def evaluate_task(
     if split not in data_tasks.FINETUNE_SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {data_tasks.FINETUNE_SPLITS}")
     check_task(task)
+    if seq_len < 8 or batch_size < 1:
+        raise ValueError(f"need seq_len >= 8 and batch_size >= 1, got seq_len={seq_len}, batch_size={batch_size}")
     check_vocabulary(model, task)
     kind = task_kind(task)
     name = eval_view(task, stratum=stratum, max_examples=max_examples)
     count = len(data_tasks.raw_examples(name, split))
     if count == 0:
         raise ValueError(f"task {task!r} split {split!r} (stratum {stratum!r}) has no examples")
-    likelihood = score_batches(model, pipeline.eval_batches(name, split, batch_size=batch_size, seq_len=seq_len))
+    likelihood = score_batches(model, likelihood_batches(name, split, batch_size=batch_size, seq_len=seq_len))
     result: dict[str, Any] = {
         "ppl": likelihood.ppl, "log_ppl": likelihood.log_ppl,
         "mean_log_likelihood": likelihood.mean_log_likelihood, "target_tokens": int(likelihood.total_weight),

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from data import pipeline
-from eval import scoring
+from eval import evaluate, scoring
 from eval.metrics import token_log_probs_from_logits
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -17,9 +17,18 @@ from random_models import random_model  # noqa: E402
 SEQ_LEN, BATCH = 64, 4
 
 
+EXAMPLES = 8
+
+
 @pytest.fixture(scope="module")
-def batches():
-    return pipeline.eval_batches("mt_en_de", "test", batch_size=BATCH, seq_len=SEQ_LEN, max_batches=2)
+def view():
+    return evaluate.eval_view("mt_en_de", max_examples=EXAMPLES)
+
+
+@pytest.fixture(scope="module")
+def batches(view):
+    """The packed dev/test batches finetuning scores (data.pipeline), of the first 8 test examples."""
+    return pipeline.eval_batches(view, "test", batch_size=BATCH, seq_len=SEQ_LEN)
 
 
 def _model(kind: str, seed: int = 0) -> nnx.Module:
@@ -78,3 +87,20 @@ def test_score_batches_rejects_bad_batches(batches):
     small = random_model(vocab_size=100)
     with pytest.raises(ValueError, match="vocabulary has 100 entries"):
         scoring.score_batches(small, batches)
+
+
+def test_unpacked_rows_of_evaluate_match_the_packed_pipeline_batches(view, batches):
+    rows = evaluate.likelihood_batches(view, "test", batch_size=BATCH, seq_len=SEQ_LEN)
+    assert len(rows) == 2 and sum(int(r["decoder_segment_ids"][:, 0].sum()) for r in rows) == EXAMPLES
+    packed = batches[0]
+    first = int((packed["decoder_segment_ids"][0] == 1).sum())  # example 0 is segment 1 of packed row 0
+    for key in pipeline.BATCH_KEYS:
+        np.testing.assert_array_equal(rows[0][key][0, :first], packed[key][0, :first], err_msg=key)
+        assert not rows[0][key][0, first:].any(), key
+    model = _model("base")
+    unpacked, packed_score = scoring.score_batches(model, rows), scoring.score_batches(model, batches)
+    assert unpacked.total_weight == packed_score.total_weight
+    assert unpacked.total_log_likelihood == pytest.approx(packed_score.total_log_likelihood, rel=1e-5)
+    result = evaluate.evaluate_task(model, "mt_en_de", max_examples=EXAMPLES, decode=False,
+                                    batch_size=BATCH, seq_len=SEQ_LEN)
+    assert result["log_ppl"] == pytest.approx(packed_score.log_ppl, rel=1e-5)
