@@ -188,3 +188,19 @@ def test_evaluate_task_bad_input(smoke_model):
         evaluate.evaluate_task(smoke_model, "mt_en_de", stratum="legal")
     with pytest.raises(ValueError, match="max_examples=0"):
         evaluate.evaluate_task(smoke_model, "mt_en_de", max_examples=0)
+
+
+def test_eval_run_cli_loads_an_adapter_with_finetune_adapters(smoke_pretrain_dir, capsys, tmp_path, monkeypatch):
+    calls = []
+
+    def load_adapter(base_model, adapter_dir):
+        calls.append((base_model.config.name, str(adapter_dir)))
+        return base_model
+
+    fake = type(sys)("finetune.adapters")
+    fake.load_adapter = load_adapter
+    monkeypatch.setitem(sys.modules, "finetune.adapters", fake)
+    assert eval_run.main([f"--checkpoint={smoke_pretrain_dir}", "--task=mt_en_de", f"--adapter={tmp_path}",
+                          "--no_decode", *CLI_OPTS]) == 0
+    assert calls == [("tiny", str(tmp_path))]
+    assert json.loads(capsys.readouterr().out)["adapter"] == str(tmp_path)
