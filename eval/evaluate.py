@@ -11,7 +11,6 @@ demand over filtered examples, so PPL and decoding see the same examples.
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,9 +25,7 @@ from eval import metrics
 from eval.scoring import score_batches
 from model.decode import generate
 
-logger = logging.getLogger(__name__)
-
-PAD_ID, EOS_ID = 0, 1
+EOS_ID = 1
 INPUT_FRACTION = 0.5  # data.pipeline.eval_batches' default: inputs get half of seq_len
 _MT_RE = re.compile(r"^mt_([a-z]+)_([a-z]+)$")
 _VIEWS: dict[str, tuple[str, str | None, int | None]] = {}  # view name -> (base task, stratum, max_examples)
@@ -55,9 +52,9 @@ def check_task(task: str) -> str:
 def task_kind(task: str) -> str:
     """'mt' or 'summarize' (which generation metrics apply)."""
     base = _base_task(task)
-    if _MT_RE.match(base) or base.startswith("tfds_wmt") or base.startswith("tfds_flores"):
+    if _MT_RE.match(base):
         return "mt"
-    if base.startswith(("summarize_", "tfds_mlsum", "tfds_cnn")):
+    if base.startswith("summarize_"):
         return "summarize"
     raise ValueError(f"task {task!r} is neither translation (mt_*) nor summarization (summarize_*)")
 
