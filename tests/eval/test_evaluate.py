@@ -107,6 +107,15 @@ def test_greedy_decoding_equals_full_forward_argmax_reference(smoke_model):
     assert result["references"] == [e["reference"] for e in raw]
 
 
+def test_greedy_decoding_of_a_lora_and_soft_prompt_model_equals_the_reference():
+    model = random_model(lora_rank=2, prompt_length=5, seed=3)
+    prompts, _ = evaluate.task_prompts(evaluate.eval_view("mt_en_de", max_examples=3), "test", seq_len=SEQ_LEN)
+    expected = _reference_greedy(model, prompts, NEW_TOKENS)
+    assert any(len(e) > 2 for e in expected)
+    assert evaluate.greedy_decode(model, prompts, batch_size=BATCH, max_new_tokens=NEW_TOKENS,
+                                  prompt_width=SEQ_LEN // 2) == expected
+
+
 def test_zero_shot_targets_for_each_task():
     assert evaluate.zero_shot_targets("mt_en_de") == {
         "mt_de_en": ("mt_de_en", "test", None), "everyday": ("mt_en_de", "test", "everyday")}
