@@ -166,8 +166,12 @@ def finetune_loop(
         raise ValueError(f"patience={patience!r} must be None or >= 1")
     steps = compiled_steps(model, spec, parameter_scale=parameter_scale)
     graphdef, params, rest = split_model(model, spec.method)
-    params = jax.tree.map(jnp.array, params)  # own copies: the input model stays as it was
-    opt_state = steps.init_opt(params)
+    # One plain device placement for everything: arrays restored on a mesh carry its axes in their
+    # sharding, the step's outputs would not match its inputs and the second step would recompile.
+    device = jax.local_devices()[0]
+    params = jax.tree.map(lambda x: jax.device_put(jnp.array(x), device), params)  # own copies
+    rest = jax.tree.map(lambda x: jax.device_put(x, device), rest)
+    opt_state = jax.device_put(steps.init_opt(params), device)
     rates = learning_rates(total_steps, peak_learning_rate, final_learning_fraction)
     base_key = jax.random.key(seed)
     best = {"step": 0, "log_ppl": math.inf, "params": params}

@@ -219,7 +219,8 @@ def parse_gin(gin_files: Iterable[str], gin_params: Iterable[str]) -> None:
     import finetune.config  # noqa: F401  (registers FinetuneConfig)
     import train.optimizer  # noqa: F401  (make_optimizer settings)
     gin.add_config_file_search_path(str(REPO_ROOT))
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_params))
+    # Not finalized (locked): the data pipeline registers its own configurables on first import.
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_params), finalize_config=False)
 
 
 def main(argv: list[str] | None = None) -> int:

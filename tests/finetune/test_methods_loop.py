@@ -19,7 +19,7 @@ SEQ_LEN, BATCH = 64, 8
 METHODS = {
     "fmt": (MethodSpec("fmt"), 3e-2, True),
     "lora": (MethodSpec("lora", lora_rank=8), 5e-2, False),
-    "prompt": (MethodSpec("prompt", prompt_length=16), 0.3, False),
+    "prompt": (MethodSpec("prompt", prompt_length=32), 0.3, False),
 }
 
 
