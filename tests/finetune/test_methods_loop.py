@@ -12,15 +12,16 @@ from finetune.methods import MethodSpec, base_params_of, build_model, method_cos
 from train.export import load_checkpoint_params, load_exported_model
 
 OVERFIT_EXAMPLES = 32
-OVERFIT_STEPS = 60
-SEQ_LEN, BATCH = 64, 8
-# Method -> (spec, peak learning rate, Adafactor parameter scale). Rates picked on the smoke
-# checkpoint so that 60 steps are enough (defaults are tuned for real runs, not for 60 steps).
+SEQ_LEN, BATCH = 64, 4  # the 32 examples pack into ~4 rows: a step is about one pass
+# Method -> (spec, peak learning rate, Adafactor parameter scale, steps). Rates and step counts
+# picked on the smoke checkpoint so the overfitting thresholds below are met with a margin of
+# ~0.5 nats each (the defaults in finetune.config are for real runs, not for 60 steps).
 METHODS = {
-    "fmt": (MethodSpec("fmt"), 3e-2, True),
-    "lora": (MethodSpec("lora", lora_rank=8), 5e-2, False),
-    "prompt": (MethodSpec("prompt", prompt_length=32), 0.3, False),
+    "fmt": (MethodSpec("fmt"), 3e-2, True, 60),
+    "lora": (MethodSpec("lora", lora_rank=8), 3e-2, False, 90),
+    "prompt": (MethodSpec("prompt", prompt_length=32), 0.3, False, 60),
 }
+OVERFIT_STEPS = max(m[3] for m in METHODS.values())
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def base(smoke_pretrain_dir):
     """Pretrained params (step 16), 60 training batches over 32 examples, one epoch of them, dev batches."""
     config, params, _ = load_checkpoint_params(smoke_pretrain_dir, step=16)
     common = dict(finetune_examples=OVERFIT_EXAMPLES, subset_seed=0, batch_size=BATCH, seq_len=SEQ_LEN, seed=0)
-    train = list(finetune_batches("mt_en_de", epochs=40, **common))[:OVERFIT_STEPS]
+    train = list(finetune_batches("mt_en_de", epochs=OVERFIT_STEPS + 10, **common))[:OVERFIT_STEPS]
     assert len(train) == OVERFIT_STEPS
     epoch = list(finetune_batches("mt_en_de", epochs=1, **common))
     dev = eval_batches("mt_en_de", "validation", batch_size=BATCH, seq_len=SEQ_LEN, max_batches=1)
@@ -37,7 +38,7 @@ def base(smoke_pretrain_dir):
 
 def mean_loss(model, method, batches):
     """Token-level mean CE of `model` over `batches` (target tokens only), with the cached eval step."""
-    spec, _, scale = METHODS[method]
+    spec, _, scale, _ = METHODS[method]
     steps = loop.compiled_steps(model, spec, parameter_scale=scale)
     _, params, rest = split_model(model, method)
     return loop.dev_log_ppl(steps.eval_step, params, rest, batches)
@@ -53,14 +54,14 @@ def unigram_entropy(batches):
 
 @pytest.fixture(scope="module")
 def trained(base):
-    """Each method trained for 60 steps on the 32 examples (dev PPL only at the end)."""
+    """Each method trained on the 32 examples (dev PPL only at the end)."""
     out = {}
-    for name, (spec, lr, scale) in METHODS.items():
+    for name, (spec, lr, scale, steps) in METHODS.items():
         model = build_model(base["config"], base["params"], spec, seed=0)
         before = jax.tree.map(np.array, base_params_of(model))
         start_loss = mean_loss(model, name, base["epoch"])
-        result = loop.finetune_loop(model, spec, base["train"], base["dev"], peak_learning_rate=lr,
-                                    parameter_scale=scale, eval_every_steps=OVERFIT_STEPS, progress=False)
+        result = loop.finetune_loop(model, spec, base["train"][:steps], base["dev"], peak_learning_rate=lr,
+                                    parameter_scale=scale, eval_every_steps=steps, progress=False)
         out[name] = {"model": model, "before": before, "result": result, "start_loss": start_loss,
                      "end_loss": mean_loss(result.model, name, base["epoch"])}
     return out
@@ -87,6 +88,9 @@ def test_pet_leaves_base_weights_bitwise_unchanged_and_fmt_changes_them(trained)
 
 
 def test_trainable_params_and_optimizer_state_are_a_tiny_fraction_of_fmt(trained):
+    # (On `tiny` no matrix reaches Adafactor's min_dim_size_to_factor=128, so FMT's second moments
+    # are unfactored; on larger sizes FMT's state is factored and the ratio is larger: see
+    # bench/finetune_speed.py.)
     fmt = trained["fmt"]["result"]
     assert fmt.trainable_params == sum(np.size(x) for x in jax.tree.leaves(trained["fmt"]["before"]))
     for name in ("lora", "prompt"):
@@ -94,7 +98,7 @@ def test_trainable_params_and_optimizer_state_are_a_tiny_fraction_of_fmt(trained
         assert 0 < result.trainable_params < 0.05 * fmt.trainable_params, name
         assert 0 < result.optimizer_state_bytes < 0.05 * fmt.optimizer_state_bytes, name
     # method_costs predicts the same numbers without training
-    for name, (spec, _, scale) in METHODS.items():
+    for name, (spec, _, scale, _) in METHODS.items():
         from train.optimizer import make_optimizer
         costs = method_costs(trained[name]["model"], name, make_optimizer(1.0, multiply_by_parameter_scale=scale))
         assert costs["trainable_params"] == trained[name]["result"].trainable_params
@@ -107,7 +111,7 @@ def test_each_method_overfits_32_examples(base, trained):
     # - FMT must beat the unigram entropy of these targets (~4.6 nats): no context-free
     #   predictor can, so the model has memorised the examples themselves.
     # - LoRA (rank 8 on a 32-wide model, 2.5% of the weights) must close half the gap between
-    #   its start and that entropy: it memorises too, with less capacity in 60 steps.
+    #   its start and that entropy: it memorises too, with less capacity (90 steps).
     # - The prompt can only steer a frozen, nearly untrained 2-layer model through attention; we
     #   require a clear drop of 0.3 nats (26% lower train perplexity), far above step-to-step noise
     #   (the loss is deterministic here), not memorisation.
@@ -120,7 +124,7 @@ def test_each_method_overfits_32_examples(base, trained):
 
 
 def test_best_step_is_the_lowest_dev_ppl_and_early_stopping_stops(base, monkeypatch):
-    spec, lr, scale = METHODS["lora"]
+    spec, lr, scale, _ = METHODS["lora"]
     model = build_model(base["config"], base["params"], spec, seed=0)
     scripted = iter([5.0, 3.0, 4.0, 3.5, 2.0, 1.0])  # dev log-PPL at steps 2, 4, 6, 8, ...
     monkeypatch.setattr(loop, "dev_log_ppl", lambda *args: next(scripted))
@@ -138,7 +142,7 @@ def test_best_step_is_the_lowest_dev_ppl_and_early_stopping_stops(base, monkeypa
 
 
 def test_best_params_are_exactly_those_of_the_best_step(base, monkeypatch):
-    spec, lr, scale = METHODS["prompt"]
+    spec, lr, scale, _ = METHODS["prompt"]
     model = build_model(base["config"], base["params"], spec, seed=0)
     captured = {}
 
@@ -171,8 +175,8 @@ def test_adapter_round_trip_reproduces_outputs(base, trained, tmp_path, smoke_pr
         expected = _logits(model, batch)
         from_params = adapters.load_adapter_model(path, base["params"])
         np.testing.assert_array_equal(_logits(from_params, batch), expected)
-        from_checkpoint = adapters.load_adapter_model(path)  # base weights read from the recorded checkpoint
-        np.testing.assert_array_equal(_logits(from_checkpoint, batch), expected)
+        if name == "lora":  # base weights read from the checkpoint the adapter records (once: slow-ish)
+            np.testing.assert_array_equal(_logits(adapters.load_adapter_model(path), batch), expected)
         plain = build_model(base["config"], base["params"], MethodSpec("fmt"))
         onto_base = adapters.load_adapter(plain, path.parent)  # eval.run --adapter=RUN_DIR
         np.testing.assert_array_equal(_logits(onto_base, batch), expected)

@@ -17,9 +17,9 @@ HAVE_EVAL = importlib.util.find_spec("eval.evaluate") is not None
 def small_config(pretrain_dir, **changes):
     """4 LoRA steps on 32 examples (same shapes and settings as test_methods_loop: compiled once)."""
     values = dict(pretrain_workdir=str(pretrain_dir), checkpoint_step=16, task="mt_en_de", method="lora",
-                  lora_rank=8, learning_rate=5e-2, parameter_scale=False, finetune_examples=32, batch_size=8,
+                  lora_rank=8, learning_rate=3e-2, parameter_scale=False, finetune_examples=32, batch_size=4,
                   seq_len=64, epochs=None, num_steps=4, eval_every_steps=2, patience=None, dev_max_batches=1,
-                  eval_batch_size=8, eval_max_examples=4, max_new_tokens=4)
+                  eval_batch_size=4, eval_max_examples=4, max_new_tokens=4)
     values.update(changes)
     return FinetuneConfig(**values)
 
