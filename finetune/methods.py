@@ -67,6 +67,10 @@ def build_model(model_config: ModelConfig, base_params: dict, spec: MethodSpec, 
     the prompt is set to embeddings of vocabulary rows sampled with `seed` (prompt tuning's init).
     """
     model = Transformer(model_config, lora=spec.lora, prompt_length=spec.soft_prompt_length, rngs=make_rngs(seed))
+    # Plain single-device arrays: params restored on a training mesh carry its axis names in their
+    # sharding, and jitted functions would compile once more for every mix of placements.
+    device = jax.local_devices()[0]
+    base_params = jax.tree.map(lambda x: jax.device_put(np.asarray(x), device), base_params)
     base_state = nnx.state(model, BASE_PARAMS)
     try:
         nnx.replace_by_pure_dict(base_state, base_params)
@@ -75,6 +79,8 @@ def build_model(model_config: ModelConfig, base_params: dict, spec: MethodSpec, 
     nnx.update(model, base_state)
     if spec.method == "prompt":
         init_prompt_from_vocab(model, seed=seed)
+    state = nnx.state(model)
+    nnx.update(model, jax.tree.map(lambda x: jax.device_put(x, device), state))  # all committed to one device
     return model
 
 

@@ -123,6 +123,17 @@ def test_each_method_overfits_32_examples(base, trained):
     assert prompt["end_loss"] < prompt["start_loss"] - 0.3, (prompt["start_loss"], prompt["end_loss"])
 
 
+def test_runs_sharing_model_method_and_shapes_reuse_the_compiled_steps(base, trained):
+    spec, lr, scale, _ = METHODS["lora"]
+    model = build_model(base["config"], base["params"], spec, seed=1)  # new model, same structure
+    steps = loop.compiled_steps(model, spec, parameter_scale=scale)
+    assert steps is loop.compiled_steps(trained["lora"]["model"], spec, parameter_scale=scale)
+    before = (steps.train_step._cache_size(), steps.eval_step._cache_size())
+    loop.finetune_loop(model, spec, base["train"][:3], base["dev"], peak_learning_rate=lr / 3,
+                       parameter_scale=scale, eval_every_steps=2, progress=False)
+    assert (steps.train_step._cache_size(), steps.eval_step._cache_size()) == before == (1, 1)
+
+
 def test_best_step_is_the_lowest_dev_ppl_and_early_stopping_stops(base, monkeypatch):
     spec, lr, scale, _ = METHODS["lora"]
     model = build_model(base["config"], base["params"], spec, seed=0)
