@@ -1,0 +1,202 @@
+"""FinetuneConfig: one finetuning run (checkpoint, task, method and its size, Df, seed, schedule).
+
+Gin-configurable (`FinetuneConfig.method = "lora"`) and JSON-able: `to_dict()` is the run's
+results-store key, so every field that changes a result lives here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import gin
+
+METHODS = ("fmt", "lora", "prompt")
+# Method default peak learning rates. FMT and prompt use Adafactor's parameter-scale
+# multiplication (relative steps: 1e-3 as t5x finetuning; 0.3 for the prompt as Lester et al.
+# 2021); LoRA does not, because B starts at zero, where a parameter-scaled step is ~lr * 1e-3
+# and LoRA would barely move, so its rate is an absolute step size.
+DEFAULT_LEARNING_RATES = {"fmt": 1e-3, "lora": 3e-3, "prompt": 0.3}
+DEFAULT_PARAMETER_SCALE = {"fmt": True, "lora": False, "prompt": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """The pretraining checkpoint a config resolves to (read from its metadata, no arrays)."""
+
+    workdir: str
+    kind: str
+    step: int
+    tokens_seen: int
+    model_config: Any  # model.config.ModelConfig
+    corpus: str
+    pair: str | None
+
+
+@gin.configurable(module="finetune")
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """All settings of one finetuning run; `validate()` checks them against the data and checkpoint.
+
+    Exactly one of checkpoint_step / checkpoint_tokens picks the intermediate checkpoint, and
+    exactly one of epochs / num_steps sets the run length. learning_rate None = the method's
+    default (DEFAULT_LEARNING_RATES), decayed by cosine to final_learning_fraction of it;
+    parameter_scale None = the method's default use of Adafactor's parameter-scale multiplication.
+    """
+
+    pretrain_workdir: str = ""
+    checkpoint_step: int | None = None
+    checkpoint_tokens: int | None = None
+    task: str = "mt_en_de"
+    method: str = "fmt"
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    prompt_length: int = 0
+    finetune_examples: int = 256
+    subset_seed: int = 0
+    seed: int = 0
+    batch_size: int = 8
+    seq_len: int = 128
+    epochs: int | None = 1
+    num_steps: int | None = None
+    learning_rate: float | None = None
+    parameter_scale: bool | None = None
+    final_learning_fraction: float = 0.1
+    eval_every_steps: int = 50
+    patience: int | None = None
+    dev_max_batches: int | None = 8
+    eval_batch_size: int = 8
+    eval_max_examples: int | None = None
+    decode: bool = True
+    max_new_tokens: int = 64
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def peak_learning_rate(self) -> float:
+        return float(self.learning_rate) if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
+
+    @property
+    def use_parameter_scale(self) -> bool:
+        return bool(self.parameter_scale) if self.parameter_scale is not None else DEFAULT_PARAMETER_SCALE[self.method]
+
+    @property
+    def pet_size(self) -> int:
+        """LoRA rank, prompt length, or 0 for FMT (the results store's pet_size column)."""
+        return {"fmt": 0, "lora": self.lora_rank, "prompt": self.prompt_length}[self.method]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict: the run's results key (the workdir made absolute, irrelevant sizes dropped)."""
+        values = dataclasses.asdict(self)
+        values["pretrain_workdir"] = str(Path(self.pretrain_workdir).absolute()) if self.pretrain_workdir else ""
+        if self.method != "lora":
+            values.pop("lora_rank")
+            values.pop("lora_alpha")
+        if self.method != "prompt":
+            values.pop("prompt_length")
+        return values
+
+    def replace(self, **changes: Any) -> "FinetuneConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- validation ----------------------------------------------------------------------
+    def validate_fields(self) -> None:
+        """Checks that need no files: types, ranges and exclusive choices."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown finetuning method {self.method!r}; valid: {list(METHODS)}")
+        ints = {"batch_size": 1, "seq_len": 8, "finetune_examples": 1, "eval_every_steps": 1,
+                "eval_batch_size": 1, "max_new_tokens": 1, "subset_seed": 0, "seed": 0}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"FinetuneConfig.{name}={value!r} must be an integer >= {low}")
+        optional_ints = {"epochs": 1, "num_steps": 1, "patience": 1, "dev_max_batches": 1, "eval_max_examples": 1,
+                         "checkpoint_step": 0, "checkpoint_tokens": 0}
+        for name, low in optional_ints.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"FinetuneConfig.{name}={value!r} must be None or an integer >= {low}")
+        if (self.epochs is None) == (self.num_steps is None):
+            raise ValueError(f"give exactly one of FinetuneConfig.epochs ({self.epochs!r}) and "
+                             f"num_steps ({self.num_steps!r}); set the other to None")
+        if (self.checkpoint_step is None) == (self.checkpoint_tokens is None):
+            raise ValueError(f"give exactly one of FinetuneConfig.checkpoint_step ({self.checkpoint_step!r}) and "
+                             f"checkpoint_tokens ({self.checkpoint_tokens!r})")
+        if not self.pretrain_workdir:
+            raise ValueError("FinetuneConfig.pretrain_workdir is required: the pretraining workdir to start from")
+        if self.method == "lora" and (isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int)
+                                      or self.lora_rank < 1):
+            raise ValueError(f"FinetuneConfig.lora_rank={self.lora_rank!r} must be a positive integer")
+        if self.method == "lora" and not float(self.lora_alpha) > 0:
+            raise ValueError(f"FinetuneConfig.lora_alpha={self.lora_alpha!r} must be > 0")
+        if self.method == "prompt" and (isinstance(self.prompt_length, bool) or not isinstance(self.prompt_length, int)
+                                        or self.prompt_length < 1):
+            raise ValueError(f"FinetuneConfig.prompt_length={self.prompt_length!r} must be a positive integer "
+                             "for method 'prompt'")
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"FinetuneConfig.learning_rate={self.learning_rate!r} must be > 0 (or None for the "
+                             f"method default {DEFAULT_LEARNING_RATES.get(self.method)})")
+        if self.parameter_scale is not None and not isinstance(self.parameter_scale, bool):
+            raise ValueError(f"FinetuneConfig.parameter_scale={self.parameter_scale!r} must be True, False or None")
+        if not 0.0 < float(self.final_learning_fraction) <= 1.0:
+            raise ValueError(f"FinetuneConfig.final_learning_fraction={self.final_learning_fraction!r} must be in (0, 1]")
+
+    def resolve_checkpoint(self) -> CheckpointInfo:
+        """The checkpoint this config names; ValueError if the workdir or checkpoint is missing."""
+        from model.config import ModelConfig
+        from train.checkpoints import CheckpointStore, find_checkpoint
+
+        workdir = Path(self.pretrain_workdir)
+        if not workdir.is_dir():
+            raise ValueError(f"FinetuneConfig.pretrain_workdir={self.pretrain_workdir!r} does not exist; "
+                             "give a train.pretrain workdir (with checkpoints/)")
+        kind, step = find_checkpoint(workdir, step=self.checkpoint_step, tokens=self.checkpoint_tokens)
+        store = CheckpointStore(workdir, read_only=True)
+        try:
+            meta = store.read_meta(kind, step)
+        finally:
+            store.close()
+        position = meta.get("data_position") or {}
+        corpus = position.get("corpus", position.get("source", "unknown"))
+        corpus = corpus if isinstance(corpus, str) else "+".join(f"{k}:{v:g}" for k, v in sorted(corpus.items()))
+        return CheckpointInfo(workdir=str(workdir.absolute()), kind=kind, step=int(meta["step"]),
+                              tokens_seen=int(meta["tokens_seen"]),
+                              model_config=ModelConfig.from_dict(meta["model_config"]),
+                              corpus=corpus or "unknown", pair=position.get("pair"))
+
+    def validate(self) -> CheckpointInfo:
+        """Every check before any compute; returns the resolved checkpoint. Raises ValueError naming
+        the bad value: unknown method, LoRA rank above the layer width, prompt + sequence longer than
+        the model's max_len, Df larger than the train split, missing checkpoint, task vocabulary
+        different from the checkpoint's."""
+        from data import tasks
+
+        self.validate_fields()
+        if self.task not in tasks.FINETUNE_EXAMPLES:
+            raise ValueError(f"unknown finetuning task {self.task!r}; valid: {sorted(tasks.FINETUNE_EXAMPLES)}")
+        info = self.resolve_checkpoint()
+        model = info.model_config
+        if self.method == "lora" and self.lora_rank > model.d_model:
+            raise ValueError(f"FinetuneConfig.lora_rank={self.lora_rank} exceeds the layer width "
+                             f"d_model={model.d_model} of model {model.name!r}; choose 1..{model.d_model}")
+        prompt = self.prompt_length if self.method == "prompt" else 0
+        if prompt + self.seq_len > model.max_len:
+            raise ValueError(f"prompt_length={prompt} + seq_len={self.seq_len} = {prompt + self.seq_len} exceeds "
+                             f"max_len={model.max_len} of model {model.name!r}; shorten the prompt or the sequences")
+        train_size = len(tasks.raw_examples(self.task, "train"))
+        if self.finetune_examples > train_size:
+            raise ValueError(f"FinetuneConfig.finetune_examples={self.finetune_examples} is larger than the "
+                             f"{train_size} training examples of task {self.task!r}; choose 1..{train_size}")
+        vocabulary = tasks.FINETUNE_VOCAB[self.task]
+        task_vocab = int(vocabulary.vocab_size)
+        if task_vocab != model.vocab_size:
+            raise ValueError(f"task {self.task!r} uses a vocabulary of {task_vocab} tokens but the checkpoint's "
+                             f"model has vocab_size={model.vocab_size} (pretrained on pair {info.pair!r}); "
+                             "finetune a checkpoint pretrained with the task's language pair")
+        if info.pair is not None:
+            from data.vocab import vocab_path
+            if Path(vocabulary.sentencepiece_model_file).resolve() != vocab_path(info.pair).resolve():
+                raise ValueError(f"task {self.task!r} uses vocabulary {vocabulary.sentencepiece_model_file} but the "
+                                 f"checkpoint was pretrained on pair {info.pair!r} ({vocab_path(info.pair)}); "
+                                 "finetune a checkpoint pretrained with the task's language pair")
+        return info

@@ -1,0 +1,220 @@
+"""The finetuning loop: Adafactor on the method's trainable params only, dev token PPL every K
+steps, the best params by dev PPL kept, early stopping with a patience, progress bar with ETA.
+
+Compiled steps are cached per (model config, method and size, dropout, optimizer settings):
+the learning rate and step are arguments, not constants, so the many runs of a study that
+share those compile once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from finetune.methods import MethodSpec, split_model, tree_bytes, tree_size
+from train.optimizer import learning_rate_schedule, make_optimizer, weighted_cross_entropy
+from train.step import MODEL_INPUT_KEYS, apply_model, make_eval_step
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+    """The jitted train / eval functions of one model structure and optimizer."""
+
+    optimizer: optax.GradientTransformation
+    init_opt: Callable[[dict], Any]
+    train_step: Callable[..., tuple[dict, Any, dict]]
+    eval_step: Callable[[dict, nnx.State, Batch], dict]
+
+
+_COMPILED: dict[tuple, CompiledSteps] = {}
+
+
+def _optimizer_key() -> tuple:
+    """The gin bindings of make_optimizer: a change of them must not reuse a cached optimizer."""
+    import gin
+    try:
+        return tuple(sorted((k, repr(v)) for k, v in gin.get_bindings("make_optimizer").items()))
+    except (ValueError, KeyError):
+        return ()
+
+
+def make_finetune_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, dropout: bool):
+    """(params, opt_state, rest, batch, learning_rate, dropout_key) -> (params, opt_state, metrics).
+
+    `optimizer` runs with learning rate 1 and the update is scaled by `learning_rate` here:
+    Adafactor's later transforms (parameter-scale multiplication, sign flip) are linear, so this
+    equals Adafactor at that learning rate while one program serves every rate and schedule.
+    """
+
+    def step(params: dict, opt_state: Any, rest: nnx.State, batch: Batch, learning_rate: jax.Array,
+             dropout_key: jax.Array):
+        def loss_fn(trainable):
+            logits = apply_model(graphdef, trainable, rest, batch, deterministic=not dropout,
+                                 dropout_key=dropout_key if dropout else None)
+            return weighted_cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: (learning_rate * u).astype(u.dtype), updates)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "target_tokens": parts["weight_sum"],
+                                   "grad_norm": optax.tree.norm(grads)}
+
+    return step
+
+
+def compiled_steps(model: nnx.Module, spec: MethodSpec, *, parameter_scale: bool = True) -> CompiledSteps:
+    """The cached jitted steps for `model`'s structure under `spec` (built on first use).
+
+    parameter_scale: Adafactor's multiply_by_parameter_scale (relative steps); False for LoRA,
+    whose zero-initialised B would otherwise take steps of ~lr * 1e-3.
+    """
+    dropout = model.config.dropout_rate > 0
+    key = (model.config, spec, dropout, bool(parameter_scale), _optimizer_key())
+    if key not in _COMPILED:
+        graphdef, _, _ = split_model(model, spec.method)
+        optimizer = make_optimizer(1.0, multiply_by_parameter_scale=bool(parameter_scale))
+        _COMPILED[key] = CompiledSteps(
+            optimizer=optimizer,
+            init_opt=jax.jit(optimizer.init),
+            train_step=jax.jit(make_finetune_step(graphdef, optimizer, dropout=dropout), donate_argnums=(1,)),
+            eval_step=jax.jit(make_eval_step(graphdef)),
+        )
+    return _COMPILED[key]
+
+
+def model_inputs(batch: Batch) -> Batch:
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+
+
+def dev_log_ppl(eval_step: Callable, params: dict, rest: nnx.State, batches: Sequence[Batch]) -> float:
+    """Token-level mean negative log-likelihood over the target tokens of `batches`."""
+    if not batches:
+        raise ValueError("no dev batches: the task's validation split is empty")
+    ce_sum, weight = 0.0, 0.0
+    for batch in batches:
+        out = eval_step(params, rest, model_inputs(batch))
+        ce_sum += float(out["ce_sum"])
+        weight += float(out["weight_sum"])
+    if weight <= 0:
+        raise ValueError("dev batches have no target tokens (all loss weights are zero)")
+    return ce_sum / weight
+
+
+@dataclasses.dataclass
+class LoopResult:
+    """What the loop hands back: the model with the best params and the training record."""
+
+    model: nnx.Module
+    best_step: int
+    best_dev_ppl: float
+    history: list[dict]  # one {"step", "dev_log_ppl", "dev_ppl", "train_loss"} per evaluation
+    train_losses: list[float]
+    steps_run: int
+    total_steps: int
+    stopped_early: bool
+    trainable_params: int
+    optimizer_state_bytes: int
+    seconds_per_step: float
+
+
+def learning_rates(total_steps: int, peak: float, final_fraction: float) -> np.ndarray:
+    """Per-step learning rates: cosine decay from `peak` to `peak * final_fraction` (train.optimizer)."""
+    schedule = learning_rate_schedule(total_steps, peak_learning_rate=peak,
+                                      final_learning_rate=peak * final_fraction, warmup_steps=0)
+    return np.asarray([float(schedule(step)) for step in range(total_steps)], np.float32)
+
+
+def finetune_loop(
+    model: nnx.Module,
+    spec: MethodSpec,
+    train_batches: Sequence[Batch],
+    dev_batches: Sequence[Batch],
+    *,
+    peak_learning_rate: float,
+    final_learning_fraction: float = 0.1,
+    parameter_scale: bool = True,
+    eval_every_steps: int,
+    patience: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[dict], None] | None = None,
+) -> LoopResult:
+    """Train `model` (from methods.build_model) on `train_batches` (one step each, in order).
+
+    Dev PPL is measured every `eval_every_steps` steps and after the last; the params with the
+    lowest dev PPL are returned (ties: the earliest). With `patience`, training stops after that
+    many evaluations in a row without a new best. The input model is left untouched.
+    """
+    from tqdm.auto import tqdm
+
+    total_steps = len(train_batches)
+    if total_steps < 1:
+        raise ValueError("no training batches: the finetuning subset produced no batches")
+    if eval_every_steps < 1:
+        raise ValueError(f"eval_every_steps={eval_every_steps!r} must be >= 1")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience={patience!r} must be None or >= 1")
+    steps = compiled_steps(model, spec, parameter_scale=parameter_scale)
+    graphdef, params, rest = split_model(model, spec.method)
+    # One plain device placement for everything: arrays restored on a mesh carry its axes in their
+    # sharding, the step's outputs would not match its inputs and the second step would recompile.
+    device = jax.local_devices()[0]
+    params = jax.tree.map(lambda x: jax.device_put(jnp.array(x), device), params)  # own copies
+    rest = jax.tree.map(lambda x: jax.device_put(x, device), rest)
+    opt_state = jax.device_put(steps.init_opt(params), device)
+    rates = learning_rates(total_steps, peak_learning_rate, final_learning_fraction)
+    base_key = jax.random.key(seed)
+    best = {"step": 0, "log_ppl": math.inf, "params": params}
+    history: list[dict] = []
+    losses: list[float] = []
+    since_best, stopped_early, step = 0, False, 0
+    started = time.perf_counter()
+    bar = tqdm(total=total_steps, desc=f"finetune {spec.method}", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for step in range(1, total_steps + 1):
+            params, opt_state, metrics = steps.train_step(
+                params, opt_state, rest, model_inputs(train_batches[step - 1]), rates[step - 1],
+                jax.random.fold_in(base_key, step))
+            loss = float(metrics["loss"])
+            losses.append(loss)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"finetuning diverged at step {step}: loss {loss}; lower the learning rate "
+                                         f"(peak {peak_learning_rate})")
+            bar.update(1)
+            record = {"step": step, "train_loss": loss, "learning_rate": float(rates[step - 1]),
+                      "grad_norm": float(metrics["grad_norm"])}
+            if step % eval_every_steps == 0 or step == total_steps:
+                log_ppl = dev_log_ppl(steps.eval_step, params, rest, dev_batches)
+                record.update(dev_log_ppl=log_ppl, dev_ppl=math.exp(min(log_ppl, 700.0)))
+                history.append({"step": step, "dev_log_ppl": log_ppl, "dev_ppl": record["dev_ppl"], "train_loss": loss})
+                if log_ppl < best["log_ppl"]:
+                    best, since_best = {"step": step, "log_ppl": log_ppl, "params": params}, 0
+                else:
+                    since_best += 1
+                bar.set_postfix(loss=f"{loss:.3f}", dev_ppl=f"{record['dev_ppl']:.2f}", best=best["step"])
+                if patience is not None and since_best >= patience and step < total_steps:
+                    stopped_early = True
+            if log is not None:
+                log(record)
+            if stopped_early:
+                break
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    best_model = nnx.merge(graphdef, best["params"], rest)
+    return LoopResult(
+        model=best_model, best_step=best["step"], best_dev_ppl=math.exp(min(best["log_ppl"], 700.0)),
+        history=history, train_losses=losses, steps_run=step, total_steps=total_steps,
+        stopped_early=stopped_early, trainable_params=tree_size(params),
+        optimizer_state_bytes=tree_bytes(opt_state), seconds_per_step=elapsed / max(step, 1))
