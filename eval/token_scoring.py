@@ -1,0 +1,135 @@
+"""Per-token log-probs of text under a pretrained decoder, in the UL2 S-denoiser (prefix-LM) format.
+
+A scored row is what S-denoising pretraining shows the model: inputs = [S2S] + prefix + EOS
+(bidirectional), targets = the continuation (causal); only the continuation's tokens are
+scored. One jitted program per model structure and batch shape: a `TokenScorer` swaps in the
+parameters of another checkpoint of the same size without recompiling.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+PAD_ID, EOS_ID = 0, 1
+MODE_TOKEN = "[S2S]"
+_COMPILED: dict[Any, Callable] = {}
+
+
+def encode_rows(prefixes: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *, seq_len: int,
+                mode_id: int, eos_id: int = EOS_ID) -> dict[str, np.ndarray]:
+    """seqio PrefixLM features [rows, seq_len] for (prefix, target) id lists; prefixes are cut from the left to fit."""
+    if len(prefixes) != len(targets):
+        raise ValueError(f"{len(prefixes)} prefixes but {len(targets)} targets")
+    rows = len(prefixes)
+    out = {k: np.zeros((rows, seq_len), np.int32) for k in (
+        "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids", "decoder_positions",
+        "decoder_causal_attention")}
+    out["decoder_loss_weights"] = np.zeros((rows, seq_len), np.float32)
+    for r, (prefix, target) in enumerate(zip(prefixes, targets)):
+        target = [int(t) for t in target]
+        if not target:
+            raise ValueError(f"row {r} has an empty target: nothing to score")
+        room = seq_len - len(target) - 2  # mode token and EOS around the prefix
+        if room < 0:
+            raise ValueError(f"row {r}: target of {len(target)} tokens does not fit seq_len={seq_len} (needs <= {seq_len - 2})")
+        prefix = [int(t) for t in prefix][max(len(prefix) - room, 0):]
+        inputs = [mode_id, *prefix, eos_id]
+        full = inputs + target
+        n = len(full)
+        out["decoder_target_tokens"][r, :n] = full
+        out["decoder_input_tokens"][r, 1:n] = full[:-1]
+        out["decoder_loss_weights"][r, len(inputs):n] = 1.0
+        out["decoder_segment_ids"][r, :n] = 1
+        out["decoder_positions"][r, :n] = np.arange(n)
+        out["decoder_causal_attention"][r, : len(inputs) + 1] = 1  # seqio: inputs plus one position
+    return out
+
+
+def _compiled(graphdef: nnx.GraphDef) -> Callable:
+    """jit(params, rest, batch) -> log p(target) per position (0 where not scored), cached per structure."""
+    if graphdef not in _COMPILED:
+        from train.step import apply_model
+
+        @jax.jit
+        def log_probs(params, rest, batch):
+            logits = apply_model(graphdef, params, rest, batch, deterministic=True)
+            lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+            picked = jnp.take_along_axis(lp, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
+            return jnp.where(batch["decoder_loss_weights"] > 0, picked, 0.0)
+
+        _COMPILED[graphdef] = log_probs
+    return _COMPILED[graphdef]
+
+
+class TokenScorer:
+    """Scores prefix-LM rows in fixed-size batches; `set_params` switches checkpoints of one size."""
+
+    def __init__(self, model: nnx.Module, *, batch_size: int = 32):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.params = nnx.to_pure_dict(params)
+        self.config = model.config
+        self.batch_size = batch_size
+        self._fn = _compiled(self.graphdef)
+
+    def set_params(self, params: dict) -> None:
+        """Use another checkpoint's parameters (same structure: no recompilation)."""
+        self.params = params
+
+    def log_probs(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """float32 [rows, seq_len]: log p of each target token (0 on unscored positions)."""
+        rows = features["decoder_input_tokens"].shape[0]
+        out = []
+        for start in range(0, rows, self.batch_size):
+            chunk = {k: v[start:start + self.batch_size] for k, v in features.items()}
+            n = chunk["decoder_input_tokens"].shape[0]
+            if n < self.batch_size:  # pad the last batch: one compiled shape
+                chunk = {k: np.concatenate([v, np.zeros((self.batch_size - n,) + v.shape[1:], v.dtype)])
+                         for k, v in chunk.items()}
+            out.append(np.asarray(self._fn(self.params, self.rest, chunk))[:n])
+        return np.concatenate(out) if out else np.zeros((0, features["decoder_input_tokens"].shape[1]), np.float32)
+
+
+def load_tokenizer(pair: str = "en-de"):
+    """The pair's SentencePiece processor (T5 ids; no TensorFlow import)."""
+    import sentencepiece as spm
+
+    from data.vocab import vocab_path
+
+    return spm.SentencePieceProcessor(model_file=str(vocab_path(pair)))
+
+
+def mode_id(tokenizer) -> int:
+    """Id of the S-denoiser mode token in this vocabulary."""
+    piece = tokenizer.piece_to_id(MODE_TOKEN)
+    if piece == tokenizer.unk_id():
+        raise ValueError(f"vocabulary has no {MODE_TOKEN} piece: not a UL2 vocabulary of this project")
+    return int(piece)
+
+
+def text_score_fn(scorer: TokenScorer, tokenizer, *, seq_len: int = 256) -> Callable[[Sequence[tuple[str, str]]], list[np.ndarray]]:
+    """An eval.multiple_choice ScoreFn: per-token log-probs of each continuation given its context."""
+    mode = mode_id(tokenizer)
+
+    def score(pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+        prefixes = [tokenizer.encode(context) for context, _ in pairs]
+        targets = [tokenizer.encode(continuation) for _, continuation in pairs]
+        features = encode_rows(prefixes, targets, seq_len=seq_len, mode_id=mode)
+        lp = scorer.log_probs(features)
+        weights = features["decoder_loss_weights"] > 0
+        return [lp[r][weights[r]].astype(np.float64) for r in range(len(pairs))]
+
+    return score
+
+
+def checkpoint_params(workdir: str | Path, step: int) -> tuple[Any, dict, dict]:
+    """(ModelConfig, params, meta) of one intermediate checkpoint (train.export)."""
+    from train.export import load_checkpoint_params
+
+    return load_checkpoint_params(workdir, step=step)

@@ -1,0 +1,187 @@
+"""Score probes and multiple-choice tasks at every intermediate checkpoint of a pretraining workdir.
+
+Results of one size live in one npz (written atomically after each checkpoint), keyed by
+probe/task fingerprint and step, so an interrupted run resumes where it stopped and a
+checkpoint already scored for the same probe is never rescored. The model is compiled once
+per size: each checkpoint only swaps parameters into the same jitted scorer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from eval import multiple_choice as mc
+from eval.probes import Probe, task_fingerprint
+from eval.token_scoring import TokenScorer, checkpoint_params, encode_rows, mode_id, text_score_fn
+
+log = logging.getLogger(__name__)
+CHECKPOINTS_DIR = "checkpoints"
+MC_FIELDS = ("accuracy", "grade", "correct_option_ppl", "incorrect_option_ppl")
+
+
+def is_workdir(path: Path) -> bool:
+    """A pretraining workdir: has intermediate checkpoints/<step>/ directories."""
+    directory = Path(path) / CHECKPOINTS_DIR
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def discover_workdirs(path: str | Path, max_depth: int = 3) -> dict[str, Path]:
+    """{label: workdir}: the path itself if it is a workdir, else every workdir below it (labels = relative paths)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"--workdir {root} is not a directory")
+    if is_workdir(root):
+        return {root.name: root}
+    found: dict[str, Path] = {}
+    frontier = [root]
+    for _ in range(max_depth):
+        children = []
+        for directory in frontier:
+            for child in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if is_workdir(child):
+                    found[str(child.relative_to(root))] = child
+                elif child.name not in (CHECKPOINTS_DIR, "latest", "tensorboard"):
+                    children.append(child)
+        frontier = children
+    if not found:
+        raise ValueError(f"no pretraining workdir (a directory with {CHECKPOINTS_DIR}/<step>/) under {root}")
+    return found
+
+
+def intermediate_checkpoints(workdir: str | Path) -> list[dict]:
+    """Readable intermediate checkpoints of a workdir (step, tokens, dev_loss, model), by step."""
+    from train.checkpoints import list_checkpoints
+
+    rows = [r for r in list_checkpoints(workdir) if r["kind"] == "intermediate" and "error" not in r]
+    if not rows:
+        raise ValueError(f"{workdir} has no readable intermediate checkpoints")
+    return sorted(rows, key=lambda r: r["step"])
+
+
+@dataclasses.dataclass
+class SizeScores:
+    """Everything scored for one model size: per checkpoint, per-token log-probs and MC results."""
+
+    label: str
+    model: str
+    params: int  # non-embedding parameters
+    steps: np.ndarray
+    tokens: np.ndarray
+    dev_loss: np.ndarray
+    log_probs: dict[str, np.ndarray]  # probe name -> [checkpoints, rows, target tokens]
+    mc: dict[str, dict[str, np.ndarray]]  # task name -> field -> [checkpoints]
+
+    @property
+    def flops(self) -> np.ndarray:
+        """Training FLOPs, 6 N D (N non-embedding parameters, D tokens seen)."""
+        return 6.0 * self.params * self.tokens.astype(np.float64)
+
+    def ppl(self, probe: str) -> np.ndarray:
+        """Corpus perplexity of a probe at each checkpoint."""
+        return np.exp(-self.log_probs[probe].reshape(len(self.steps), -1).mean(axis=1))
+
+    def token_ppl(self, probe: str = "validation") -> np.ndarray:
+        """[pairs, checkpoints] per-(context, token) perplexity: the trend classifier's input."""
+        lp = self.log_probs[probe]
+        return np.exp(-lp.reshape(lp.shape[0], -1).T.astype(np.float64))
+
+
+class ScoreFile:
+    """The npz of one size: {key: array}; keys "lp|probe|fingerprint|step", "mc|task|fingerprint|step"."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.arrays: dict[str, np.ndarray] = {}
+        if self.path.exists():
+            with np.load(self.path, allow_pickle=False) as data:
+                self.arrays = {k: data[k] for k in data.files}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.arrays
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **self.arrays)
+        os.replace(tmp, self.path)
+
+
+def _lp_key(probe: Probe, step: int) -> str:
+    return f"lp|{probe.name}|{probe.fingerprint()}|{step}"
+
+
+def _mc_key(task: mc.MCTask, fingerprint: str, step: int) -> str:
+    return f"mc|{task.name}|{fingerprint}|{step}"
+
+
+def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | Path, *, label: str | None = None,
+                  tasks: Sequence[mc.MCTask] = (), tokenizer=None, num_shots: int = 2, mc_seq_len: int = 256,
+                  batch_size: int = 32, max_checkpoints: int | None = None, progress: bool = False) -> SizeScores:
+    """Score every probe and task at every intermediate checkpoint (those not already in out_path)."""
+    rows = intermediate_checkpoints(workdir)
+    if max_checkpoints is not None and len(rows) > max_checkpoints:  # keep the first and last, evenly spaced
+        rows = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, max_checkpoints).round().astype(int))]
+    if tasks and tokenizer is None:
+        raise ValueError("multiple-choice tasks need the tokenizer (eval.token_scoring.load_tokenizer)")
+    store = ScoreFile(out_path)
+    fingerprints = {task.name: task_fingerprint(task, num_shots, 0) for task in tasks}
+    mode = mode_id(tokenizer) if tokenizer is not None else None
+    features = {}
+    scorer = None
+    config = None
+    for row in rows:
+        step = row["step"]
+        todo_probes = [p for p in probes if _lp_key(p, step) not in store]
+        todo_tasks = [t for t in tasks if _mc_key(t, fingerprints[t.name], step) not in store]
+        if config is None or todo_probes or todo_tasks:
+            config, params, _ = checkpoint_params(workdir, step)
+        if not (todo_probes or todo_tasks):
+            continue
+        started = time.perf_counter()
+        if scorer is None:
+            from train.export import build_model
+
+            scorer = TokenScorer(build_model(config, params), batch_size=batch_size)
+        scorer.set_params(params)
+        for probe in todo_probes:
+            if probe.name not in features:
+                if mode is None:
+                    raise ValueError("scoring probes needs the tokenizer (for the mode token id)")
+                features[probe.name] = encode_rows(probe.prefixes, probe.targets, seq_len=probe.seq_len, mode_id=mode)
+            lp = scorer.log_probs(features[probe.name])
+            weights = features[probe.name]["decoder_loss_weights"] > 0
+            store.arrays[_lp_key(probe, step)] = lp[weights].reshape(probe.targets.shape).astype(np.float32)
+        for task in todo_tasks:
+            result = mc.score_multiple_choice(task, text_score_fn(scorer, tokenizer, seq_len=mc_seq_len),
+                                              num_shots=num_shots, batch_size=batch_size)
+            store.arrays[_mc_key(task, fingerprints[task.name], step)] = np.array(
+                [getattr(result, f) for f in MC_FIELDS], np.float64)
+        store.save()
+        if progress:
+            log.info("%s step %d: %d probes, %d tasks in %.1fs", label or workdir, step, len(todo_probes),
+                     len(todo_tasks), time.perf_counter() - started)
+    from model.sizes import count_params
+
+    return SizeScores(
+        label=label or Path(workdir).name, model=config.name, params=int(count_params(config)["non_embedding"]),
+        steps=np.array([r["step"] for r in rows]), tokens=np.array([r["tokens"] for r in rows], np.int64),
+        dev_loss=np.array([np.nan if r["dev_loss"] is None else r["dev_loss"] for r in rows], np.float64),
+        log_probs={p.name: np.stack([store.arrays[_lp_key(p, r["step"])] for r in rows]) for p in probes},
+        mc={t.name: {f: np.array([store.arrays[_mc_key(t, fingerprints[t.name], r["step"])][i] for r in rows])
+                     for i, f in enumerate(MC_FIELDS)} for t in tasks},
+    )
+
+
+def load_model(workdir: str | Path, step: int):
+    """The Transformer of one checkpoint (for contrastive decoding)."""
+    from train.export import build_model
+
+    config, params, _ = checkpoint_params(workdir, step)
+    return build_model(config, params)
