@@ -50,24 +50,38 @@ def encode_rows(prefixes: Sequence[Sequence[int]], targets: Sequence[Sequence[in
     return out
 
 
+def _bucket(n: int, step: int) -> int:
+    return max(step, -(-n // step) * step)
+
+
 def _compiled(graphdef: nnx.GraphDef) -> Callable:
-    """jit(params, rest, batch) -> log p(target) per position (0 where not scored), cached per structure."""
+    """jit(params, rest, batch, positions [B, K]) -> log p(target) at those positions; cached per structure.
+
+    Logits are computed only at the scored positions: the output projection over the vocabulary
+    dominates a small model's cost, and most positions of a row are prefix or padding.
+    """
     if graphdef not in _COMPILED:
-        from train.step import apply_model
 
         @jax.jit
-        def log_probs(params, rest, batch):
-            logits = apply_model(graphdef, params, rest, batch, deterministic=True)
-            lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-            picked = jnp.take_along_axis(lp, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
-            return jnp.where(batch["decoder_loss_weights"] > 0, picked, 0.0)
+        def log_probs(params, rest, batch, positions):
+            model = nnx.merge(graphdef, params, rest)
+            hidden = model.hidden_and_cache(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+                                            batch["decoder_positions"], batch["decoder_causal_attention"], True)[0]
+            hidden = jnp.take_along_axis(hidden[:, model.prompt_length:], positions[..., None], axis=1)
+            lp = jax.nn.log_softmax(model.logits(hidden).astype(jnp.float32), axis=-1)
+            targets = jnp.take_along_axis(batch["decoder_target_tokens"], positions, axis=1)
+            return jnp.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]
 
         _COMPILED[graphdef] = log_probs
     return _COMPILED[graphdef]
 
 
 class TokenScorer:
-    """Scores prefix-LM rows in fixed-size batches; `set_params` switches checkpoints of one size."""
+    """Scores prefix-LM rows in fixed-size batches; `set_params` switches checkpoints of one size.
+
+    Shapes are bucketed (length to a multiple of 32, scored tokens to a multiple of 16, batch
+    padded to batch_size) so a few compiled programs serve every probe and task.
+    """
 
     def __init__(self, model: nnx.Module, *, batch_size: int = 32):
         if batch_size < 1:
@@ -84,16 +98,26 @@ class TokenScorer:
 
     def log_probs(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """float32 [rows, seq_len]: log p of each target token (0 on unscored positions)."""
-        rows = features["decoder_input_tokens"].shape[0]
-        out = []
+        rows, seq_len = features["decoder_input_tokens"].shape
+        out = np.zeros((rows, seq_len), np.float32)
         for start in range(0, rows, self.batch_size):
             chunk = {k: v[start:start + self.batch_size] for k, v in features.items()}
             n = chunk["decoder_input_tokens"].shape[0]
-            if n < self.batch_size:  # pad the last batch: one compiled shape
-                chunk = {k: np.concatenate([v, np.zeros((self.batch_size - n,) + v.shape[1:], v.dtype)])
-                         for k, v in chunk.items()}
-            out.append(np.asarray(self._fn(self.params, self.rest, chunk))[:n])
-        return np.concatenate(out) if out else np.zeros((0, features["decoder_input_tokens"].shape[1]), np.float32)
+            scored = chunk["decoder_loss_weights"] > 0
+            used = int(np.max(np.nonzero(chunk["decoder_segment_ids"].any(axis=0))[0], initial=0)) + 1
+            length = min(_bucket(used, 32), seq_len)
+            width = _bucket(int(scored.sum(axis=1).max()), 16)
+            positions = np.zeros((self.batch_size, width), np.int32)
+            for r in range(n):
+                where = np.nonzero(scored[r])[0]
+                positions[r, :len(where)] = where
+            chunk = {k: np.concatenate([v[:, :length], np.zeros((self.batch_size - n, length), v.dtype)])
+                     for k, v in chunk.items()}
+            lp = np.asarray(self._fn(self.params, self.rest, chunk, positions))
+            for r in range(n):
+                where = np.nonzero(scored[r])[0]
+                out[start + r, where] = lp[r, :len(where)]
+        return out
 
 
 def load_tokenizer(pair: str = "en-de"):
@@ -116,6 +140,7 @@ def mode_id(tokenizer) -> int:
 def text_score_fn(scorer: TokenScorer, tokenizer, *, seq_len: int = 256) -> Callable[[Sequence[tuple[str, str]]], list[np.ndarray]]:
     """An eval.multiple_choice ScoreFn: per-token log-probs of each continuation given its context."""
     mode = mode_id(tokenizer)
+    seq_len = min(seq_len, scorer.config.max_len)
 
     def score(pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
         prefixes = [tokenizer.encode(context) for context, _ in pairs]
