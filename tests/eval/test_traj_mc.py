@@ -1,0 +1,96 @@
+"""The model-backed multiple-choice scorer picks the planted answer once a tiny model is trained on
+it (and not before); held-out translation MC tasks are well formed."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from eval import multiple_choice as mc
+from eval import probes, token_scoring
+
+SEQ_LEN = 64
+ANSWERS = ["red apple", "blue river", "green house", "yellow sun", "black cat", "white snow"]
+
+
+def planted_task():
+    """Six questions; every question offers four of the six answers, one planted as correct."""
+    examples = []
+    for i, answer in enumerate(ANSWERS):
+        others = [a for a in ANSWERS if a != answer][i % 3: i % 3 + 3]
+        position = i % 4
+        choices = others[:position] + [answer] + others[position:]
+        examples.append(mc.MCExample(f"code word {i} {'xyz'[i % 3]}", tuple(choices),
+                                     tuple(1.0 if k == position else 0.0 for k in range(4))))
+    return mc.MCTask("planted", tuple(examples), mc.PromptFormat(append_choices_to_input=False))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return token_scoring.load_tokenizer("en-de")
+
+
+def train_on(task, tokenizer, steps=60):
+    """A fresh tiny model trained on the task's 2-shot contexts followed by their correct answers."""
+    from model.sizes import get_config
+    from model.transformer import Transformer
+    from train.step import apply_model
+
+    model = Transformer(get_config("tiny"), rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))  # rbg: fast init
+    pairs = []
+    for index, example in enumerate(task.examples):
+        context = mc.build_context(task, index, mc.draw_demonstrations(task, index, 2, 0))
+        pairs.append((tokenizer.encode(context), tokenizer.encode(example.choices[example.correct[0]])))
+    batch = token_scoring.encode_rows([p for p, _ in pairs], [t for _, t in pairs], seq_len=SEQ_LEN,
+                                      mode_id=token_scoring.mode_id(tokenizer))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    optimizer = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, opt_state):
+        def loss_fn(p):
+            logits = apply_model(graphdef, p, rest, batch, deterministic=True)
+            lp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["decoder_target_tokens"][..., None], -1)[..., 0]
+            return -(lp * batch["decoder_loss_weights"]).sum() / batch["decoder_loss_weights"].sum()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = optimizer.init(params)
+    for _ in range(steps):
+        params, opt_state, loss = step(params, opt_state)
+    return model, params, float(loss)
+
+
+def test_scorer_picks_planted_answer_after_training(tokenizer):
+    task = planted_task()
+    model, trained, loss = train_on(task, tokenizer)
+    assert loss < 0.5
+    scorer = token_scoring.TokenScorer(model, batch_size=8)  # the untrained weights first
+    score_fn = token_scoring.text_score_fn(scorer, tokenizer, seq_len=SEQ_LEN)
+    before = mc.score_multiple_choice(task, score_fn, num_shots=2, batch_size=8)
+    scorer.set_params(trained)
+    after = mc.score_multiple_choice(task, score_fn, num_shots=2, batch_size=8)
+    assert after.accuracy == 1.0 and before.accuracy < 1.0
+    assert after.correct_option_ppl < after.incorrect_option_ppl
+    # Per-token log-probs of each continuation: one per continuation token, all <= 0.
+    lp = score_fn([("code word 0 x", "red apple"), ("code word 1 y", "blue")])
+    assert [len(x) for x in lp] == [len(tokenizer.encode("red apple")), len(tokenizer.encode("blue"))]
+    assert all(np.all(x <= 0) for x in lp)
+
+
+def test_translation_tasks_from_held_out_dev_text():
+    forward, backward = probes.translation_mc_tasks("en-de", num_questions=12, seed=1)
+    assert forward.name == "translate_english_german" and backward.name == "translate_german_english"
+    assert len(forward.examples) == len(backward.examples) == 12
+    for task in (forward, backward):
+        for example in task.examples:
+            assert len(example.choices) == 4 and len(set(example.choices)) == 4 and len(example.correct) == 1
+    # The two directions pose the same sentence pairs.
+    assert forward.examples[0].choices[forward.examples[0].correct[0]] == backward.examples[0].input
+    assert probes.task_fingerprint(forward, 2, 0) != probes.task_fingerprint(forward, 0, 0)
+    with pytest.raises(ValueError, match="num_questions"):
+        probes.translation_mc_tasks("en-de", num_questions=2)
