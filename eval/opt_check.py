@@ -41,9 +41,9 @@ def opt_fits(law: str = "power", holdout: str = "max", sizes: Sequence[str] | No
     return fits, curves
 
 
-def opt_section(out_dir: str | Path, law: str = "power") -> str:
+def opt_section(out_dir: str | Path, law: str = "power", sizes: Sequence[str] | None = None) -> str:
     """Markdown: per-size fit table and the trajectories plot (opt_trajectories.png under out_dir)."""
-    fits, curves = opt_fits(law)
+    fits, curves = opt_fits(law, sizes=sizes)
     path = plot_curves({"OPT validation ppl": curves}, Path(out_dir) / "opt_trajectories.png", x_label="tokens seen",
                        y_label="validation perplexity",
                        fits={"OPT validation ppl": {k: v["curve"] for k, v in fits.items() if "curve" in v}})
