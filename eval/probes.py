@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from eval import multiple_choice as mc
 
 CORRUPTION_RATES = (0.2, 0.4, 0.6, 0.8, 1.0)
+LANGUAGE_NAMES = {"en": "English", "de": "German", "zh": "Chinese"}  # the corpora's languages (as in data.tasks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +48,17 @@ class Probe:
         return digest.hexdigest()[:16]
 
 
+# data.tasks.VALIDATION_PERCENT / stable_percent, restated so that building probes does not import
+# TensorFlow (data.tasks does); tests/eval/test_traj_scoring.py checks the two splits agree.
+VALIDATION_PERCENT = 1
+
+
 def held_out_documents(pair: str = "en-de", corpus: str = "aligned") -> list[str]:
     """The pretraining corpus's held-out validation documents (data.tasks' stable-hash split)."""
     from data import corpora
-    from data.tasks import split_documents
 
-    return [doc["targets"] for doc in split_documents(corpora.load_monolingual(pair, corpus), "validation")]
+    return [text for text in corpora.load_monolingual(pair, corpus)
+            if text.strip() and zlib.crc32(text.encode("utf-8")) % 100 < VALIDATION_PERCENT]
 
 
 def validation_probe(tokenizer, documents: Sequence[str], *, num_sequences: int = 64, prefix_tokens: int = 16,
@@ -108,7 +115,6 @@ def corruption_rate(probe_name: str) -> float:
 def translation_mc_tasks(pair: str = "en-de", *, num_questions: int = 40, max_chars: int = 80, seed: int = 0) -> list[mc.MCTask]:
     """4-way 'pick the right translation' tasks both ways, from the pair's held-out dev parallel text."""
     from data import corpora
-    from data.tasks import LANGUAGE_NAMES
 
     if num_questions < 4:
         raise ValueError(f"num_questions must be >= 4 (4-way choices, 2-shot demonstrations), got {num_questions}")
@@ -122,7 +128,7 @@ def translation_mc_tasks(pair: str = "en-de", *, num_questions: int = 40, max_ch
     if len(unique) < num_questions:
         raise ValueError(f"only {len(unique)} dev pairs of <= {max_chars} characters; num_questions={num_questions} is too many")
     chosen = [unique[i] for i in sorted(np.random.default_rng(seed).choice(len(unique), num_questions, replace=False))]
-    en, other = LANGUAGE_NAMES["en"], LANGUAGE_NAMES[xx]
+    en, other = LANGUAGE_NAMES["en"], LANGUAGE_NAMES.get(xx, xx)
     forward = mc.translation_task([(e.en, e.xx) for e in chosen], source_name=en, target_name=other, seed=seed)
     backward = mc.translation_task([(e.xx, e.en) for e in chosen], source_name=other, target_name=en, seed=seed)
     return [forward, backward]

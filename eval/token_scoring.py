@@ -50,8 +50,9 @@ def encode_rows(prefixes: Sequence[Sequence[int]], targets: Sequence[Sequence[in
     return out
 
 
-def _bucket(n: int, step: int) -> int:
-    return max(step, -(-n // step) * step)
+def _bucket(n: int, smallest: int) -> int:
+    """The next power of two >= n (at least `smallest`): few distinct shapes, few compilations."""
+    return max(smallest, 1 << max(n - 1, 0).bit_length())
 
 
 def _compiled(graphdef: nnx.GraphDef) -> Callable:
@@ -79,8 +80,8 @@ def _compiled(graphdef: nnx.GraphDef) -> Callable:
 class TokenScorer:
     """Scores prefix-LM rows in fixed-size batches; `set_params` switches checkpoints of one size.
 
-    Shapes are bucketed (length to a multiple of 32, scored tokens to a multiple of 16, batch
-    padded to batch_size) so a few compiled programs serve every probe and task.
+    Shapes are bucketed (length and scored tokens to powers of two, batch padded to batch_size)
+    so a few compiled programs serve every probe and task.
     """
 
     def __init__(self, model: nnx.Module, *, batch_size: int = 32):

@@ -63,12 +63,15 @@ def plot_trends(scores: Mapping[str, SizeScores], summary: TrendSummary, out_dir
     labels = [k for k in scores if k in summary.means]
     if not labels:
         return []
-    means = {k: summary.means[k] for k in labels}
-    return [
-        trends.plot_mean_trajectories(means, {k: scores[k].ppl(probe) for k in labels}, out_dir / "trends_vs_ppl.png"),
-        trends.plot_mean_trajectories(means, {k: scores[k].tokens for k in labels}, out_dir / "trends_vs_tokens.png",
-                                      x_label="tokens seen"),
-    ]
+    paths = []
+    for name, x_label, x_of in (("trends_vs_ppl.png", "validation perplexity", lambda s: s.ppl(probe)),
+                                ("trends_vs_tokens.png", "tokens seen", lambda s: s.tokens)):
+        panels = {f"{cls} tokens": {k: (x_of(scores[k]), summary.means[k][cls]) for k in labels
+                                    if not np.all(np.isnan(summary.means[k][cls]))} for cls in trends.CLASSES[:-1]}
+        # (as eval.trends.plot_mean_trajectories, with plain-text log tick labels: much faster)
+        paths.append(plot_curves(panels, out_dir / name, x_label=x_label, y_label="token perplexity (geometric mean)",
+                                 invert_x=name == "trends_vs_ppl.png"))
+    return paths
 
 
 # --- plotting helper ----------------------------------------------------------------------
@@ -86,19 +89,32 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _plain_log_labels(axis) -> None:
+    """Log-axis tick labels as plain text: mathtext labels cost seconds per figure on a busy CPU."""
+    from matplotlib import ticker
+
+    axis.set_major_formatter(ticker.LogFormatter())
+    axis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+
+
 def plot_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]], path: Path, *,
                 x_label: str | Mapping[str, str], y_label: str, log_x: bool = True, log_y: bool = True,
-                fits: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]] | None = None) -> Path:
+                fits: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]] | None = None,
+                columns: int | None = None, invert_x: bool = False) -> Path:
     """One panel per key of `panels`, one line per series {name: (x, y)}; optional dashed fitted curves.
 
-    x_label: one label, or one per panel title."""
+    x_label: one label, or one per panel title; columns: panels per row (default all in one row)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.5), squeeze=False)
-    for axis, (title, series) in zip(axes[0], panels.items()):
+    columns = min(columns or len(panels), len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.5 * rows), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for axis, (title, series) in zip(axes.flat, panels.items()):
         for index, (name, (x, y)) in enumerate(series.items()):
             color = f"C{index % 10}"
             axis.plot(np.asarray(x, float), np.asarray(y, float), marker="o", markersize=3, color=color, label=name)
@@ -108,10 +124,12 @@ def plot_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequenc
         axis.set_title(title)
         axis.set_xlabel(x_label if isinstance(x_label, str) else x_label[title])
         axis.set_ylabel(y_label)
-        if log_x:
-            axis.set_xscale("log")
-        if log_y:
-            axis.set_yscale("log")
+        for on, scale_axis, set_scale in ((log_x, axis.xaxis, axis.set_xscale), (log_y, axis.yaxis, axis.set_yscale)):
+            if on:
+                set_scale("log")
+                _plain_log_labels(scale_axis)
+        if invert_x:
+            axis.invert_xaxis()
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
     return _save(fig, path)
@@ -172,12 +190,13 @@ def predictor_quality(points: Mapping[str, np.ndarray]) -> dict[str, dict[str, f
     return out
 
 
-def plot_accuracy(points: Mapping[str, np.ndarray], task: str, path: Path) -> Path:
-    """Accuracy against validation ppl, training FLOPs and tokens seen; one line per size."""
-    sizes = list(dict.fromkeys(points["size"].tolist()))
+def plot_accuracy(points_by_task: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> Path:
+    """One row per task: accuracy against validation ppl, training FLOPs and tokens seen; one line per size."""
     panels, x_labels = {}, {}
-    for x_name, key in (("validation ppl", "ppl"), ("training FLOPs", "flops"), ("tokens seen", "tokens")):
-        title = f"{task} vs {x_name}"
-        x_labels[title] = x_name
-        panels[title] = {s: (points[key][points["size"] == s], points["accuracy"][points["size"] == s]) for s in sizes}
-    return plot_curves(panels, path, x_label=x_labels, y_label="accuracy", log_y=False)
+    for task, points in points_by_task.items():
+        sizes = list(dict.fromkeys(points["size"].tolist()))
+        for x_name, key in (("validation ppl", "ppl"), ("training FLOPs", "flops"), ("tokens seen", "tokens")):
+            title = f"{task} vs {x_name}"
+            x_labels[title] = x_name
+            panels[title] = {s: (points[key][points["size"] == s], points["accuracy"][points["size"] == s]) for s in sizes}
+    return plot_curves(panels, path, x_label=x_labels, y_label="accuracy", log_y=False, columns=3)

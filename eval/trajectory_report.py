@@ -211,15 +211,15 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
     lines += ["", f"### Validation perplexity vs {config.num_shots}-shot multiple-choice accuracy", "",
               "Length-normalised log-likelihood scoring; how well each quantity predicts accuracy over all sizes and "
               "checkpoints (Spearman rho; R^2 of one shared linear fit on its log):", ""]
-    rows = []
+    rows, points_by_task = [], {}
     for task in tasks:
-        points = analysis.accuracy_points(scores, task.name)
+        points = points_by_task[task.name] = analysis.accuracy_points(scores, task.name)
         quality = analysis.predictor_quality(points)
         rows.append([f"{task.name} ({len(task.examples)} q.)", f"{points['accuracy'].min():.2f}-{points['accuracy'].max():.2f}",
                      *(f"{quality[p]['spearman']:.2f} / {quality[p]['r2']:.2f}" for p in analysis.PREDICTORS)])
-        path = analysis.plot_accuracy(points, task.name, out_dir / f"accuracy_{_safe(task.name)}.png")
-        rows[-1].append(_img(path, base, "plot"))
-    lines += _table(["task", "accuracy range", *(f"{p}: rho / R^2" for p in analysis.PREDICTORS), "plot"], rows)
+    lines += _table(["task", "accuracy range", *(f"{p}: rho / R^2" for p in analysis.PREDICTORS)], rows)
+    path = analysis.plot_accuracy(points_by_task, out_dir / "accuracy.png")
+    lines += ["", _img(path, base, path.stem), ""]
 
     if config.opt_check:
         from eval.opt_check import opt_section

@@ -8,6 +8,7 @@ per size: each checkpoint only swaps parameters into the same jitted scorer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from eval.token_scoring import TokenScorer, checkpoint_params, encode_rows, mode
 log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 MC_FIELDS = ("accuracy", "grade", "correct_option_ppl", "incorrect_option_ppl")
+_SKELETONS: dict[str, tuple] = {}  # model config JSON -> (graphdef, non-parameter state)
 
 
 def is_workdir(path: Path) -> bool:
@@ -146,9 +148,7 @@ def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | 
             continue
         started = time.perf_counter()
         if scorer is None:
-            from train.export import build_model
-
-            scorer = TokenScorer(build_model(config, params), batch_size=batch_size)
+            scorer = TokenScorer(model_from_params(config, params), batch_size=batch_size)
         scorer.set_params(params)
         for probe in todo_probes:
             if probe.name not in features:
@@ -179,9 +179,23 @@ def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | 
     )
 
 
+def model_from_params(config, params: dict):
+    """A Transformer with these params; the module skeleton (graph + RNG state) is built once per config."""
+    from flax import nnx
+
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    if key not in _SKELETONS:
+        from train.export import build_model
+
+        model = build_model(config, params)
+        graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+        _SKELETONS[key] = (graphdef, rest)
+        return model
+    graphdef, rest = _SKELETONS[key]
+    return nnx.merge(graphdef, params, rest)
+
+
 def load_model(workdir: str | Path, step: int):
     """The Transformer of one checkpoint (for contrastive decoding)."""
-    from train.export import build_model
-
     config, params, _ = checkpoint_params(workdir, step)
-    return build_model(config, params)
+    return model_from_params(config, params)

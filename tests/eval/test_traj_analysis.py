@@ -64,7 +64,7 @@ def test_perplexity_predicts_accuracy_better_than_flops(tmp_path):
     assert quality["validation ppl"]["r2"] == pytest.approx(1.0)
     assert quality["training FLOPs"]["r2"] < 0.8 and quality["model size"]["r2"] < 0.8
     assert quality["tokens seen"]["spearman"] < quality["validation ppl"]["spearman"]
-    path = analysis.plot_accuracy(points, "task", tmp_path / "acc.png")
+    path = analysis.plot_accuracy({"task": points, "again": points}, tmp_path / "acc.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no size has multiple-choice results"):
         analysis.accuracy_points(sizes, "missing")

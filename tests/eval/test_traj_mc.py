@@ -1,5 +1,5 @@
-"""The model-backed multiple-choice scorer picks the planted answer once a tiny model is trained on
-it (and not before); held-out translation MC tasks are well formed."""
+"""The model-backed multiple-choice scorer picks the planted answer once the tiny smoke model is
+trained on it (and not before); held-out translation MC tasks are well formed."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,13 +31,13 @@ def tokenizer():
     return token_scoring.load_tokenizer("en-de")
 
 
-def train_on(task, tokenizer, steps=60):
-    """A fresh tiny model trained on the task's 2-shot contexts followed by their correct answers."""
-    from model.sizes import get_config
-    from model.transformer import Transformer
+def train_on(task, tokenizer, workdir, steps=60):
+    """The smoke model (barely pretrained) trained further on the task's 2-shot contexts followed by
+    their correct answers; also returns it before that training."""
+    from eval.trajectory_scoring import load_model
     from train.step import apply_model
 
-    model = Transformer(get_config("tiny"), rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))  # rbg: fast init
+    model = load_model(workdir, 16)
     pairs = []
     for index, example in enumerate(task.examples):
         context = mc.build_context(task, index, mc.draw_demonstrations(task, index, 2, 0))
@@ -65,11 +65,11 @@ def train_on(task, tokenizer, steps=60):
     return model, params, float(loss)
 
 
-def test_scorer_picks_planted_answer_after_training(tokenizer):
+def test_scorer_picks_planted_answer_after_training(tokenizer, smoke_pretrain_dir):
     task = planted_task()
-    model, trained, loss = train_on(task, tokenizer)
+    model, trained, loss = train_on(task, tokenizer, smoke_pretrain_dir)
     assert loss < 0.5
-    scorer = token_scoring.TokenScorer(model, batch_size=8)  # the untrained weights first
+    scorer = token_scoring.TokenScorer(model, batch_size=8)  # the weights before training on the task first
     score_fn = token_scoring.text_score_fn(scorer, tokenizer, seq_len=SEQ_LEN)
     before = mc.score_multiple_choice(task, score_fn, num_shots=2, batch_size=8)
     scorer.set_params(trained)

@@ -45,6 +45,16 @@ def test_probe_is_real_held_out_text(probe_set, tokenizer):
     assert corrupted[1].fingerprint() != corrupted[2].fingerprint()
 
 
+def test_held_out_split_matches_pretraining_split():
+    from data import corpora
+    from data.tasks import LANGUAGE_NAMES, split_documents
+
+    texts = corpora.load_monolingual("en-de", "misaligned")
+    expected = [d["targets"] for d in split_documents(texts, "validation")]
+    assert probes.held_out_documents("en-de", "misaligned") == expected and len(expected) > 50
+    assert all(LANGUAGE_NAMES[k] == v for k, v in probes.LANGUAGE_NAMES.items())
+
+
 def test_per_token_losses_shapes_and_match_full_forward(scored, probe_set, smoke_pretrain_dir, tokenizer):
     _, result = scored
     validation, _ = probe_set
