@@ -69,9 +69,10 @@ def _compiled(graphdef: nnx.GraphDef) -> Callable:
             hidden = model.hidden_and_cache(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
                                             batch["decoder_positions"], batch["decoder_causal_attention"], True)[0]
             hidden = jnp.take_along_axis(hidden[:, model.prompt_length:], positions[..., None], axis=1)
-            lp = jax.nn.log_softmax(model.logits(hidden).astype(jnp.float32), axis=-1)
+            logits = model.logits(hidden).astype(jnp.float32)
             targets = jnp.take_along_axis(batch["decoder_target_tokens"], positions, axis=1)
-            return jnp.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]
+            # target logit - logsumexp: half the cost of a full log_softmax on CPU
+            return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
 
         _COMPILED[graphdef] = log_probs
     return _COMPILED[graphdef]
