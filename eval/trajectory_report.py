@@ -61,22 +61,35 @@ class TrajectoryLimits:
         return trends.TrendConfig(start_fraction=self.start_fraction, regressor=self.regressor, alpha=self.alpha)
 
 
-def _data_record(workdir: Path) -> tuple[str, str]:
-    """(pair, corpus) the workdir was pretrained on, from its last checkpoint's record."""
+def _data_record(workdir: Path) -> dict:
+    """What the workdir was pretrained on (pair, corpus, source) and its vocabulary size, from its last checkpoint."""
     from train.checkpoints import CheckpointStore
 
     step = intermediate_checkpoints(workdir)[-1]["step"]
     store = CheckpointStore(workdir, read_only=True)
     try:
-        data = store.read_meta("intermediate", step).get("data_position") or {}
+        meta = store.read_meta("intermediate", step)
     finally:
         store.close()
+    data = meta.get("data_position") or {}
     corpus = data.get("corpus", "aligned")
     if isinstance(corpus, dict):  # a blend: the held-out text of its main corpus
         corpus = max(corpus, key=corpus.get)
-    if corpus not in ("aligned", "misaligned"):
-        corpus = "aligned"
-    return data.get("pair", "en-de"), corpus
+    return {"pair": data.get("pair", "en-de"), "corpus": corpus if corpus in ("aligned", "misaligned") else "aligned",
+            "source": data.get("source", "corpus"), "vocab_size": (meta.get("model_config") or {}).get("vocab_size")}
+
+
+def _check_workdirs(workdirs: Mapping[str, Path], pair: str, tokenizer) -> None:
+    """Every size must be a corpus-pretrained model of this pair's vocabulary (its text is what we score)."""
+    for label, workdir in workdirs.items():
+        record = _data_record(workdir)
+        if record["source"] != "corpus":
+            raise ValueError(f"size {label!r} ({workdir}) was pretrained on {record['source']!r} data, not the corpora: "
+                             "it has no held-out text to score")
+        if record["pair"] != pair or (record["vocab_size"] or 0) < tokenizer.get_piece_size():
+            raise ValueError(f"size {label!r} ({workdir}) has pair {record['pair']!r} and vocab_size "
+                             f"{record['vocab_size']}; the trajectories use pair {pair!r} "
+                             f"({tokenizer.get_piece_size()} pieces): every size must share the vocabulary")
 
 
 def _safe(label: str) -> str:
@@ -122,6 +135,13 @@ def contrastive_probes(workdirs: Mapping[str, Path], validation: probe_lib.Probe
     return out, note
 
 
+def _pair_text(probe: probe_lib.Probe, pair: int, tokenizer, context: int = 6) -> str:
+    """`...context -> [token]` of one (context, token) pair (pairs are row-major over the probe's targets)."""
+    row, col = divmod(pair, probe.targets.shape[1])
+    ids = np.concatenate([probe.prefixes[row], probe.targets[row, :col]])[-context:]
+    return f"`...{tokenizer.decode(ids.tolist())} -> [{tokenizer.id_to_piece(int(probe.targets[row, col]))}]`"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -143,10 +163,10 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = Path(config.link_base) if config.link_base else out_dir
-    pair, corpus = _data_record(next(iter(workdirs.values())))
-    pair, corpus = config.pair or pair, config.corpus or corpus
-
+    record = _data_record(next(iter(workdirs.values())))
+    pair, corpus = config.pair or record["pair"], config.corpus or record["corpus"]
     tokenizer = load_tokenizer(pair)
+    _check_workdirs(workdirs, pair, tokenizer)
     validation = probe_lib.validation_probe(tokenizer, probe_lib.held_out_documents(pair, corpus),
                                             num_sequences=config.num_sequences, prefix_tokens=config.prefix_tokens,
                                             target_tokens=config.target_tokens)
@@ -185,6 +205,10 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
     lines += ["", "Double descent (upward, then downward later or in larger models):", ""]
     lines += [f"- {name}: {int(mask.sum())} of {mask.size} pairs ({mask.mean():.2%})"
               for name, mask in summary.double_descent.items()] or ["- needs two sizes or enough checkpoints for two windows"]
+    examples = next(((name, mask) for name, mask in summary.double_descent.items() if mask.any()), None)
+    if examples is not None:
+        lines += ["", f"Examples ({examples[0]}): " + "; ".join(
+            _pair_text(validation, int(p), tokenizer) for p in np.nonzero(examples[1])[0][:5])]
     for path in analysis.plot_trends(scores, summary, out_dir):
         lines += ["", _img(path, base, path.stem)]
     arrays = {f"labels|{k}": r.labels for k, r in summary.results.items()}

@@ -47,3 +47,15 @@ def test_trajectory_section_contract(smoke_pretrain_dir, tmp_path):
         trajectory_section({}, tmp_path)
     with pytest.raises(SystemExit):  # argparse error naming the directory without workdirs
         trajectories.main([f"--workdir={tmp_path}"])
+
+
+def test_sizes_must_be_corpus_models_of_one_vocabulary(smoke_pretrain_dir, tmp_path, monkeypatch):
+    from eval import trajectory_report
+
+    record = {"pair": "en-de", "corpus": "aligned", "source": "synthetic", "vocab_size": 8192}
+    monkeypatch.setattr(trajectory_report, "_data_record", lambda workdir: dict(record))
+    with pytest.raises(ValueError, match="'synthetic' data"):
+        trajectory_section({"tiny": smoke_pretrain_dir}, tmp_path)
+    record.update(source="corpus", vocab_size=512)
+    with pytest.raises(ValueError, match="vocab_size 512"):
+        trajectory_section({"tiny": smoke_pretrain_dir}, tmp_path)
