@@ -28,6 +28,14 @@ def size_labels(workdirs: dict[str, Path]) -> dict[str, Path]:
     return dict(workdirs)
 
 
+def _band(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--stagnation_band must be LOW,HIGH (e.g. 0.95,1.05), got {text!r}") from None
+    return low, high
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.trajectories", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="pretraining workdir, or a directory of them")
@@ -37,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
                   "contrastive_tokens", "mc_questions", "num_shots", "max_checkpoints", "batch_size",
                   "bigbench_max_examples"):
         parser.add_argument(f"--{field}", type=int, default=getattr(defaults, field))
-    parser.add_argument("--start_fraction", type=float, default=defaults.start_fraction)
+    parser.add_argument("--start_fraction", type=float, default=defaults.start_fraction,
+                        help="trend window starts at this fraction of training")
+    parser.add_argument("--end_fraction", type=float, default=defaults.end_fraction)
+    parser.add_argument("--stagnation_band", type=_band, default=defaults.stagnation_band,
+                        help="LOW,HIGH: stagnated if the window's first and last ppl are within this of its geometric mean")
     parser.add_argument("--alpha", type=float, default=defaults.alpha)
     parser.add_argument("--regressor", choices=("index", "log_step"), default=defaults.regressor)
     parser.add_argument("--bigbench", default=None, help="a BIG-bench multiple-choice task.json (or its directory)")

@@ -42,12 +42,27 @@ class TrajectoryLimits:
     batch_size: int = 32
     pair: str | None = None          # default: from the checkpoints' data record
     corpus: str | None = None
-    start_fraction: float = 0.3
+    start_fraction: float = 0.3      # trend window [start_fraction, end_fraction] of training
+    end_fraction: float = 1.0
     regressor: str = "index"         # or "log_step" (the authors' released analysis)
     alpha: float = 0.05
+    stagnation_band: tuple[float, float] = (0.95, 1.05)
     opt_check: bool = True
     progress: bool = True
     link_base: str | None = None     # image links relative to this directory (default out_dir)
+
+    def __post_init__(self) -> None:
+        for name in ("num_sequences", "prefix_tokens", "target_tokens", "corrupt_sequences", "contrastive_prompts",
+                     "contrastive_tokens", "prompt_tokens", "mc_questions", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.num_shots < 0 or (self.max_checkpoints is not None and self.max_checkpoints < 1):
+            raise ValueError(f"num_shots must be >= 0 and max_checkpoints None or >= 1, got {self.num_shots!r}, "
+                             f"{self.max_checkpoints!r}")
+        if self.prompt_tokens > self.prefix_tokens:
+            raise ValueError(f"prompt_tokens {self.prompt_tokens} exceeds prefix_tokens {self.prefix_tokens}: "
+                             "contrastive prompts are cut from the validation prefixes")
+        self.trend_config()  # validates the window, regressor, alpha and band
 
     @classmethod
     def from_kwargs(cls, **limits: Any) -> "TrajectoryLimits":
@@ -58,7 +73,9 @@ class TrajectoryLimits:
         return cls(**limits)
 
     def trend_config(self) -> trends.TrendConfig:
-        return trends.TrendConfig(start_fraction=self.start_fraction, regressor=self.regressor, alpha=self.alpha)
+        return trends.TrendConfig(start_fraction=self.start_fraction, end_fraction=self.end_fraction,
+                                  regressor=self.regressor, alpha=self.alpha,
+                                  stagnation_band=tuple(float(v) for v in self.stagnation_band))
 
 
 def _data_record(workdir: Path) -> dict:
@@ -196,7 +213,8 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
     # Token trends and double descent.
     summary = analysis.trend_summary(scores, trend_config)
     lines += ["", "### Per-token trends", "",
-              f"OLS of ppl_i / ppl_j on {trend_config.regressor} from {trend_config.start_fraction:.0%} of training, "
+              f"OLS of ppl_i / ppl_j on {trend_config.regressor} from {trend_config.start_fraction:.0%} to "
+              f"{trend_config.end_fraction:.0%} of training, "
               f"p < {trend_config.alpha}; stagnated: ends within {trend_config.stagnation_band} of the geometric mean.", ""]
     lines += _table(["size", *trends.CLASSES], [[k, *(f"{v[c]:.3f}" for c in trends.CLASSES)]
                                                  for k, v in summary.fractions.items()])

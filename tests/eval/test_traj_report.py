@@ -12,7 +12,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "bigbench_task.json"
 # Shapes shared with test_traj_scoring, so the jitted programs are reused within one session.
 LIMITS = ["--num_sequences=12", "--prefix_tokens=8", "--target_tokens=24", "--corrupt_sequences=12",
           "--contrastive_prompts=4", "--contrastive_tokens=3", "--mc_questions=4", "--batch_size=16",
-          "--bigbench_max_examples=5", "--max_checkpoints=3", "--no_progress"]
+          "--bigbench_max_examples=5", "--max_checkpoints=3", "--regressor=log_step", "--stagnation_band=0.9,1.1",
+          "--no_progress"]
 
 
 def test_cli_end_to_end_on_a_study_dir(smoke_pretrain_dir, tmp_path, capsys):
@@ -27,6 +28,7 @@ def test_cli_end_to_end_on_a_study_dir(smoke_pretrain_dir, tmp_path, capsys):
     for heading in ("## Trajectories", "### Per-token trends", "### Hallucinated vs real text",
                     "### Validation perplexity vs 2-shot multiple-choice accuracy"):
         assert heading in report
+    assert "OLS of ppl_i / ppl_j on log_step from 30% to 100%" in report and "(0.9, 1.1)" in report
     assert "| tiny |" in report and "package_purpose (5 q.)" in report and "translate_german_english (4 q.)" in report
     assert "OPT" not in report
     for name in ("trends_vs_ppl.png", "corrupted_ppl.png", "contrastive_ppl.png", "accuracy.png"):
@@ -43,6 +45,10 @@ def test_cli_end_to_end_on_a_study_dir(smoke_pretrain_dir, tmp_path, capsys):
 def test_trajectory_section_contract(smoke_pretrain_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown trajectory limits"):
         trajectory_section({"tiny": smoke_pretrain_dir}, tmp_path, num_sequence=3)
+    with pytest.raises(ValueError, match="num_sequences must be a positive integer"):
+        trajectory_section({"tiny": smoke_pretrain_dir}, tmp_path, num_sequences=0)
+    with pytest.raises(ValueError, match="regressor"):
+        trajectory_section({"tiny": smoke_pretrain_dir}, tmp_path, regressor="step")
     with pytest.raises(ValueError, match="pretrain_dirs is empty"):
         trajectory_section({}, tmp_path)
     with pytest.raises(SystemExit):  # argparse error naming the directory without workdirs
