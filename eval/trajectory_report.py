@@ -49,7 +49,7 @@ class TrajectoryLimits:
     stagnation_band: tuple[float, float] = (0.95, 1.05)
     opt_check: bool = True
     progress: bool = True
-    link_base: str | None = None     # image links relative to this directory (default out_dir)
+    link_base: str | None = None     # returned markdown's image links are relative to this (default out_dir's parent)
 
     def __post_init__(self) -> None:
         for name in ("num_sequences", "prefix_tokens", "target_tokens", "corrupt_sequences", "contrastive_prompts",
@@ -168,7 +168,12 @@ def _img(path: Path, base: Path, title: str) -> str:
 
 
 def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limits: Any) -> str:
-    """Markdown of the Trajectories section (also written to out_dir/trajectories.md); scores are resumable npz."""
+    """Markdown of the Trajectories section; scores are resumable npz under out_dir.
+
+    Also written to out_dir/trajectories.md (links local to out_dir); in the returned text image
+    links are relative to limits["link_base"], default out_dir's parent: a study report in DIR
+    that calls this with out_dir=DIR/trajectories embeds it unchanged. Limits: TrajectoryLimits.
+    """
     from eval import multiple_choice as mc
     from eval.token_scoring import load_tokenizer
 
@@ -179,7 +184,7 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
     workdirs = {str(k): Path(v) for k, v in pretrain_dirs.items()}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = Path(config.link_base) if config.link_base else out_dir
+    base = out_dir  # trajectories.md links locally; the returned text is rebased at the end
     record = _data_record(next(iter(workdirs.values())))
     pair, corpus = config.pair or record["pair"], config.corpus or record["corpus"]
     tokenizer = load_tokenizer(pair)
@@ -266,10 +271,14 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
     if config.opt_check:
         from eval.opt_check import opt_section
 
-        lines += ["", opt_section(out_dir).replace("](opt_trajectories.png)",
-                                                  f"]({os.path.relpath(out_dir / 'opt_trajectories.png', base)})")]
+        lines += ["", opt_section(out_dir)]
     markdown = "\n".join(lines) + "\n"
     tmp = out_dir / f".{REPORT_FILE}.tmp"
     tmp.write_text(markdown)
     os.replace(tmp, out_dir / REPORT_FILE)
-    return markdown
+    return rebase_links(markdown, out_dir, Path(config.link_base) if config.link_base else out_dir.parent)
+
+
+def rebase_links(markdown: str, out_dir: Path, base: Path) -> str:
+    """Image links to files in out_dir rewritten relative to `base` (where the embedding report lives)."""
+    return re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({os.path.relpath(Path(out_dir) / m.group(1), base)})", markdown)

@@ -138,7 +138,12 @@ def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | 
     features = {}
     scorer = None
     config = None
-    for row in rows:
+    iterator = rows
+    if progress:  # a bar with ETA over the checkpoints (DESIGN: every long loop)
+        from tqdm import tqdm
+
+        iterator = tqdm(rows, desc=f"trajectories {label or Path(workdir).name}", unit="ckpt")
+    for row in iterator:
         step = row["step"]
         todo_probes = [p for p in probes if _lp_key(p, step) not in store]
         todo_tasks = [t for t in tasks if _mc_key(t, fingerprints[t.name], step) not in store]
@@ -164,9 +169,8 @@ def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | 
             store.arrays[_mc_key(task, fingerprints[task.name], step)] = np.array(
                 [getattr(result, f) for f in MC_FIELDS], np.float64)
         store.save()
-        if progress:
-            log.info("%s step %d: %d probes, %d tasks in %.1fs", label or workdir, step, len(todo_probes),
-                     len(todo_tasks), time.perf_counter() - started)
+        log.debug("%s step %d: %d probes, %d tasks in %.1fs", label or workdir, step, len(todo_probes),
+                  len(todo_tasks), time.perf_counter() - started)
     from model.sizes import count_params
 
     return SizeScores(

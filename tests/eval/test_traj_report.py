@@ -65,3 +65,11 @@ def test_sizes_must_be_corpus_models_of_one_vocabulary(smoke_pretrain_dir, tmp_p
     record.update(source="corpus", vocab_size=512)
     with pytest.raises(ValueError, match="vocab_size 512"):
         trajectory_section({"tiny": smoke_pretrain_dir}, tmp_path)
+
+
+def test_returned_links_are_relative_to_the_embedding_report(tmp_path):
+    from eval.trajectory_report import rebase_links
+
+    text = "![a](trends_vs_ppl.png) and ![b](sub/x.png) and [c](notes.md)"
+    assert rebase_links(text, tmp_path / "report" / "trajectories", tmp_path / "report") == (
+        "![a](trajectories/trends_vs_ppl.png) and ![b](sub/x.png) and [c](notes.md)")
