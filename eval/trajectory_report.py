@@ -93,7 +93,8 @@ def _data_record(workdir: Path) -> dict:
     if isinstance(corpus, dict):  # a blend: the held-out text of its main corpus
         corpus = max(corpus, key=corpus.get)
     return {"pair": data.get("pair", "en-de"), "corpus": corpus if corpus in ("aligned", "misaligned") else "aligned",
-            "source": data.get("source", "corpus"), "vocab_size": (meta.get("model_config") or {}).get("vocab_size")}
+            "source": data.get("source", "corpus"), "vocab_size": (meta.get("model_config") or {}).get("vocab_size"),
+            "model_config": meta.get("model_config") or {}}
 
 
 def _check_workdirs(workdirs: Mapping[str, Path], pair: str, tokenizer) -> None:
@@ -118,18 +119,21 @@ def contrastive_probes(workdirs: Mapping[str, Path], validation: probe_lib.Probe
     """Greedy and top-p 0.9 contrastive texts of the smallest vs the largest size (final checkpoints), cached in an npz."""
     from eval.contrastive import contrastive_generate
     from eval.token_scoring import mode_id
+    from model.config import ModelConfig
     from model.sizes import count_params
 
     finals = {label: intermediate_checkpoints(w)[-1]["step"] for label, w in workdirs.items()}
-    models = {label: load_model(w, finals[label]) for label, w in workdirs.items()}
-    ordered = sorted(models, key=lambda k: count_params(models[k].config)["non_embedding"])
+    sizes = {label: count_params(ModelConfig.from_dict(_data_record(w)["model_config"]))["non_embedding"]
+             for label, w in workdirs.items()}
+    ordered = sorted(sizes, key=sizes.get)
     small_label, large_label = ordered[0], ordered[-1]
-    large = models[large_label]
+    large = load_model(workdirs[large_label], finals[large_label])
     if len(ordered) == 1:  # one size: its first checkpoint plays the small model
         first = intermediate_checkpoints(workdirs[small_label])[0]["step"]
         small, note = load_model(workdirs[small_label], first), f"{small_label} step {first} vs step {finals[small_label]}"
     else:
-        small, note = models[small_label], f"{small_label} vs {large_label} (final checkpoints)"
+        small = load_model(workdirs[small_label], finals[small_label])
+        note = f"{small_label} vs {large_label} (final checkpoints)"
     prompts = validation.prefixes[:limits.contrastive_prompts, :limits.prompt_tokens]
     key = json.dumps([note, str(workdirs[small_label]), str(workdirs[large_label]), limits.contrastive_tokens,
                       validation.fingerprint(), prompts.shape])
