@@ -188,7 +188,6 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
     workdirs = {str(k): Path(v) for k, v in pretrain_dirs.items()}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir  # trajectories.md links locally; the returned text is rebased at the end
     record = _data_record(next(iter(workdirs.values())))
     pair, corpus = config.pair or record["pair"], config.corpus or record["corpus"]
     tokenizer = load_tokenizer(pair)
@@ -211,22 +210,36 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
                                       progress=config.progress)
     scores = dict(sorted(scores.items(), key=lambda kv: kv[1].params))
 
-    lines = ["## Trajectories", "",
-             f"Xia et al. (2023) analyses over {len(scores)} size(s) ({', '.join(scores)}) on held-out {pair} "
+    lines = [f"Xia et al. (2023) analyses over {len(scores)} size(s) ({', '.join(scores)}) on held-out {pair} "
              f"{corpus} text: {validation.targets.size} (context, token) pairs, {len(validation.targets)} rows of "
              f"{config.prefix_tokens} prefix + {config.target_tokens} scored tokens (S-denoiser format).", ""]
     lines += _table(["size", "params (non-emb.)", "checkpoints", "tokens (last)", "validation ppl (first -> last)"],
                     [[k, f"{s.params:,}", str(len(s.steps)), f"{int(s.tokens[-1]):,}",
                       f"{s.ppl('validation')[0]:.2f} -> {s.ppl('validation')[-1]:.2f}"] for k, s in scores.items()])
+    lines += _trend_lines(scores, validation, tokenizer, trend_config, out_dir)
+    lines += _hallucination_lines(scores, corrupted, contrastive, contrastive_note, config, out_dir)
+    lines += _accuracy_lines(scores, tasks, config, out_dir)
+    if config.opt_check:
+        from eval.opt_check import opt_section
 
-    # Token trends and double descent.
+        lines += ["", opt_section(out_dir)]
+    body = "\n".join(lines) + "\n"
+    tmp = out_dir / f".{REPORT_FILE}.tmp"
+    tmp.write_text(f"# Training trajectories\n\n{body}")
+    os.replace(tmp, out_dir / REPORT_FILE)
+    return rebase_links(body, out_dir, Path(config.link_base) if config.link_base else out_dir.parent)
+
+
+def _trend_lines(scores: Mapping[str, SizeScores], validation: probe_lib.Probe, tokenizer,
+                 trend_config: trends.TrendConfig, out_dir: Path) -> list[str]:
+    """Per-token trend fractions, double descent (counts and examples), plots; labels saved to trends.npz."""
     summary = analysis.trend_summary(scores, trend_config)
-    lines += ["", "### Per-token trends", "",
-              f"OLS of ppl_i / ppl_j on {trend_config.regressor} from {trend_config.start_fraction:.0%} to "
-              f"{trend_config.end_fraction:.0%} of training, "
-              f"p < {trend_config.alpha}; stagnated: ends within {trend_config.stagnation_band} of the geometric mean.", ""]
+    lines = ["", "### Per-token trends", "",
+             f"OLS of ppl_i / ppl_j on {trend_config.regressor} from {trend_config.start_fraction:.0%} to "
+             f"{trend_config.end_fraction:.0%} of training, p < {trend_config.alpha}; stagnated: ends within "
+             f"{trend_config.stagnation_band} of the geometric mean.", ""]
     lines += _table(["size", *trends.CLASSES], [[k, *(f"{v[c]:.3f}" for c in trends.CLASSES)]
-                                                 for k, v in summary.fractions.items()])
+                                                for k, v in summary.fractions.items()])
     for label, error in summary.errors.items():
         lines.append(f"\n- {label}: not classified ({error})")
     lines += ["", "Double descent (upward, then downward later or in larger models):", ""]
@@ -237,31 +250,38 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
         lines += ["", f"Examples ({examples[0]}): " + "; ".join(
             _pair_text(validation, int(p), tokenizer) for p in np.nonzero(examples[1])[0][:5])]
     for path in analysis.plot_trends(scores, summary, out_dir):
-        lines += ["", _img(path, base, path.stem)]
+        lines += ["", _img(path, out_dir, path.stem)]
     arrays = {f"labels|{k}": r.labels for k, r in summary.results.items()}
     arrays.update({f"double_descent|{k}": m for k, m in summary.double_descent.items()})
     tmp = out_dir / ".trends.npz.tmp"
     with open(tmp, "wb") as handle:
         np.savez_compressed(handle, classes=np.array(trends.CLASSES), **arrays)
     os.replace(tmp, out_dir / "trends.npz")
+    return lines
 
-    # Hallucinated vs real text.
+
+def _hallucination_lines(scores: Mapping[str, SizeScores], corrupted: list[probe_lib.Probe],
+                         contrastive: list[probe_lib.Probe], note: str, config: TrajectoryLimits, out_dir: Path) -> list[str]:
+    """Real vs corrupted vs contrastive text perplexity: last-checkpoint table and per-size plots."""
     corrupt_names = [p.name for p in corrupted]
-    lines += ["", "### Hallucinated vs real text", "",
-              f"Perplexity at the last checkpoint of real held-out text and of copies with 20-100% random subwords "
-              f"({config.corrupt_sequences} rows), and of contrastive text (p_small - p_large, {contrastive_note}; "
-              f"{config.prompt_tokens}-token prompts).", ""]
+    lines = ["", "### Hallucinated vs real text", "",
+             f"Perplexity at the last checkpoint of real held-out text and of copies with 20-100% random subwords "
+             f"({config.corrupt_sequences} rows), and of contrastive text (p_small - p_large, {note}; "
+             f"{config.prompt_tokens}-token prompts).", ""]
     header = [*corrupt_names, *(p.name for p in contrastive)]
     lines += _table(["size", *header], [[k, *(f"{s.ppl(p)[-1]:.1f}" for p in header)] for k, s in scores.items()])
     for path in (analysis.plot_perplexities(scores, corrupt_names, out_dir / "corrupted_ppl.png", title="real vs corrupted"),
                  analysis.plot_perplexities(scores, [p.name for p in contrastive], out_dir / "contrastive_ppl.png",
                                             title="contrastive text")):
-        lines += ["", _img(path, base, path.stem)]
+        lines += ["", _img(path, out_dir, path.stem)]
+    return lines
 
-    # Perplexity vs few-shot accuracy.
-    lines += ["", f"### Validation perplexity vs {config.num_shots}-shot multiple-choice accuracy", "",
-              "Length-normalised log-likelihood scoring; how well each quantity predicts accuracy over all sizes and "
-              "checkpoints (Spearman rho; R^2 of one shared linear fit on its log):", ""]
+
+def _accuracy_lines(scores: Mapping[str, SizeScores], tasks: list, config: TrajectoryLimits, out_dir: Path) -> list[str]:
+    """Few-shot accuracy vs validation ppl / FLOPs / tokens / size: predictor table and one figure."""
+    lines = ["", f"### Validation perplexity vs {config.num_shots}-shot multiple-choice accuracy", "",
+             "Length-normalised log-likelihood scoring; how well each quantity predicts accuracy over all sizes and "
+             "checkpoints (Spearman rho; R^2 of one shared linear fit on its log):", ""]
     rows, points_by_task = [], {}
     for task in tasks:
         points = points_by_task[task.name] = analysis.accuracy_points(scores, task.name)
@@ -270,17 +290,7 @@ def trajectory_section(pretrain_dirs: Mapping[str, Path], out_dir: Path, **limit
                      *(f"{quality[p]['spearman']:.2f} / {quality[p]['r2']:.2f}" for p in analysis.PREDICTORS)])
     lines += _table(["task", "accuracy range", *(f"{p}: rho / R^2" for p in analysis.PREDICTORS)], rows)
     path = analysis.plot_accuracy(points_by_task, out_dir / "accuracy.png")
-    lines += ["", _img(path, base, path.stem), ""]
-
-    if config.opt_check:
-        from eval.opt_check import opt_section
-
-        lines += ["", opt_section(out_dir)]
-    markdown = "\n".join(lines) + "\n"
-    tmp = out_dir / f".{REPORT_FILE}.tmp"
-    tmp.write_text(markdown)
-    os.replace(tmp, out_dir / REPORT_FILE)
-    return rebase_links(markdown, out_dir, Path(config.link_base) if config.link_base else out_dir.parent)
+    return lines + ["", _img(path, out_dir, path.stem), ""]
 
 
 def rebase_links(markdown: str, out_dir: Path, base: Path) -> str:

@@ -25,7 +25,7 @@ def test_cli_end_to_end_on_a_study_dir(smoke_pretrain_dir, tmp_path, capsys):
     assert trajectories.main(argv) == 0
     assert "1 size(s): tiny" in capsys.readouterr().out
     report = (out / "trajectories.md").read_text()
-    for heading in ("## Trajectories", "### Per-token trends", "### Hallucinated vs real text",
+    for heading in ("# Training trajectories", "### Per-token trends", "### Hallucinated vs real text",
                     "### Validation perplexity vs 2-shot multiple-choice accuracy"):
         assert heading in report
     assert "OLS of ppl_i / ppl_j on log_step from 30% to 100%" in report and "(0.9, 1.1)" in report
