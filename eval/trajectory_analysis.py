@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 
 from eval import trends
-from eval.trajectory_scoring import SizeScores
+from eval.trajectory_data import SizeScores
 
 
 # --- token trends -------------------------------------------------------------------------

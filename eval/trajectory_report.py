@@ -17,7 +17,8 @@ import numpy as np
 from eval import probes as probe_lib
 from eval import trajectory_analysis as analysis
 from eval import trends
-from eval.trajectory_scoring import SizeScores, intermediate_checkpoints, load_model, score_workdir
+from eval.trajectory_data import SizeScores
+from eval.trajectory_scoring import intermediate_checkpoints, load_model, score_workdir
 
 log = logging.getLogger(__name__)
 REPORT_FILE = "trajectories.md"

@@ -7,10 +7,8 @@ per size: each checkpoint only swaps parameters into the same jitted scorer.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -19,11 +17,11 @@ import numpy as np
 
 from eval import multiple_choice as mc
 from eval.probes import Probe, task_fingerprint
+from eval.trajectory_data import MC_FIELDS, ScoreFile, SizeScores, lp_key, mc_key
 from eval.token_scoring import TokenScorer, checkpoint_params, encode_rows, mode_id, text_score_fn
 
 log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
-MC_FIELDS = ("accuracy", "grade", "correct_option_ppl", "incorrect_option_ppl")
 _SKELETONS: dict[str, tuple] = {}  # model config JSON -> (graphdef, non-parameter state)
 
 
@@ -66,63 +64,6 @@ def intermediate_checkpoints(workdir: str | Path) -> list[dict]:
     return sorted(rows, key=lambda r: r["step"])
 
 
-@dataclasses.dataclass
-class SizeScores:
-    """Everything scored for one model size: per checkpoint, per-token log-probs and MC results."""
-
-    label: str
-    model: str
-    params: int  # non-embedding parameters
-    steps: np.ndarray
-    tokens: np.ndarray
-    dev_loss: np.ndarray
-    log_probs: dict[str, np.ndarray]  # probe name -> [checkpoints, rows, target tokens]
-    mc: dict[str, dict[str, np.ndarray]]  # task name -> field -> [checkpoints]
-
-    @property
-    def flops(self) -> np.ndarray:
-        """Training FLOPs, 6 N D (N non-embedding parameters, D tokens seen)."""
-        return 6.0 * self.params * self.tokens.astype(np.float64)
-
-    def ppl(self, probe: str) -> np.ndarray:
-        """Corpus perplexity of a probe at each checkpoint."""
-        return np.exp(-self.log_probs[probe].reshape(len(self.steps), -1).mean(axis=1))
-
-    def token_ppl(self, probe: str = "validation") -> np.ndarray:
-        """[pairs, checkpoints] per-(context, token) perplexity: the trend classifier's input."""
-        lp = self.log_probs[probe]
-        return np.exp(-lp.reshape(lp.shape[0], -1).T.astype(np.float64))
-
-
-class ScoreFile:
-    """The npz of one size: {key: array}; keys "lp|probe|fingerprint|step", "mc|task|fingerprint|step"."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.arrays: dict[str, np.ndarray] = {}
-        if self.path.exists():
-            with np.load(self.path, allow_pickle=False) as data:
-                self.arrays = {k: data[k] for k in data.files}
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.arrays
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **self.arrays)
-        os.replace(tmp, self.path)
-
-
-def _lp_key(probe: Probe, step: int) -> str:
-    return f"lp|{probe.name}|{probe.fingerprint()}|{step}"
-
-
-def _mc_key(task: mc.MCTask, fingerprint: str, step: int) -> str:
-    return f"mc|{task.name}|{fingerprint}|{step}"
-
-
 def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | Path, *, label: str | None = None,
                   tasks: Sequence[mc.MCTask] = (), tokenizer=None, num_shots: int = 2, mc_seq_len: int = 256,
                   batch_size: int = 32, max_checkpoints: int | None = None, progress: bool = False) -> SizeScores:
@@ -145,8 +86,8 @@ def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | 
         iterator = tqdm(rows, desc=f"trajectories {label or Path(workdir).name}", unit="ckpt")
     for row in iterator:
         step = row["step"]
-        todo_probes = [p for p in probes if _lp_key(p, step) not in store]
-        todo_tasks = [t for t in tasks if _mc_key(t, fingerprints[t.name], step) not in store]
+        todo_probes = [p for p in probes if lp_key(p.name, p.fingerprint(), step) not in store]
+        todo_tasks = [t for t in tasks if mc_key(t.name, fingerprints[t.name], step) not in store]
         if config is None or todo_probes or todo_tasks:
             config, params, _ = checkpoint_params(workdir, step)
         if not (todo_probes or todo_tasks):
@@ -162,25 +103,34 @@ def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | 
                 features[probe.name] = encode_rows(probe.prefixes, probe.targets, seq_len=probe.seq_len, mode_id=mode)
             lp = scorer.log_probs(features[probe.name])
             weights = features[probe.name]["decoder_loss_weights"] > 0
-            store.arrays[_lp_key(probe, step)] = lp[weights].reshape(probe.targets.shape).astype(np.float32)
+            store.arrays[lp_key(probe.name, probe.fingerprint(), step)] = lp[weights].reshape(probe.targets.shape).astype(np.float32)
         for task in todo_tasks:
             result = mc.score_multiple_choice(task, text_score_fn(scorer, tokenizer, seq_len=mc_seq_len),
                                               num_shots=num_shots, batch_size=batch_size)
-            store.arrays[_mc_key(task, fingerprints[task.name], step)] = np.array(
+            store.arrays[mc_key(task.name, fingerprints[task.name], step)] = np.array(
                 [getattr(result, f) for f in MC_FIELDS], np.float64)
+        dev_loss = np.nan if row["dev_loss"] is None else row["dev_loss"]
+        store.arrays[f"ckpt|{step}"] = np.array([row["tokens"], dev_loss], np.float64)
+        store.arrays["info|model"] = np.array(config.name)
+        store.arrays["info|params"] = np.array(_non_embedding(config))
         store.save()
         log.debug("%s step %d: %d probes, %d tasks in %.1fs", label or workdir, step, len(todo_probes),
                   len(todo_tasks), time.perf_counter() - started)
-    from model.sizes import count_params
-
     return SizeScores(
-        label=label or Path(workdir).name, model=config.name, params=int(count_params(config)["non_embedding"]),
+        label=label or Path(workdir).name, model=config.name, params=_non_embedding(config),
         steps=np.array([r["step"] for r in rows]), tokens=np.array([r["tokens"] for r in rows], np.int64),
         dev_loss=np.array([np.nan if r["dev_loss"] is None else r["dev_loss"] for r in rows], np.float64),
-        log_probs={p.name: np.stack([store.arrays[_lp_key(p, r["step"])] for r in rows]) for p in probes},
-        mc={t.name: {f: np.array([store.arrays[_mc_key(t, fingerprints[t.name], r["step"])][i] for r in rows])
+        log_probs={p.name: np.stack([store.arrays[lp_key(p.name, p.fingerprint(), r["step"])] for r in rows])
+                   for p in probes},
+        mc={t.name: {f: np.array([store.arrays[mc_key(t.name, fingerprints[t.name], r["step"])][i] for r in rows])
                      for i, f in enumerate(MC_FIELDS)} for t in tasks},
     )
+
+
+def _non_embedding(config) -> int:
+    from model.sizes import count_params
+
+    return int(count_params(config)["non_embedding"])
 
 
 def model_from_params(config, params: dict):

@@ -6,7 +6,7 @@ import pytest
 
 from eval import trajectory_analysis as analysis
 from eval import trends
-from eval.trajectory_scoring import SizeScores
+from eval.trajectory_data import SizeScores
 
 CHECKPOINTS = 10
 
@@ -84,3 +84,16 @@ def test_opt_real_data_check_fits(tmp_path):
         opt_fits(sizes=["7b"])
     markdown = opt_section(tmp_path, sizes=["125m"])
     assert "| 125m |" in markdown and (tmp_path / "opt_trajectories.png").exists()
+
+
+def test_analysis_modules_import_without_the_training_stack():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, eval.trajectory_data, eval.trajectory_analysis, eval.opt_check\n"
+            "heavy = [m for m in ('jax', 'flax', 'tensorflow') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr

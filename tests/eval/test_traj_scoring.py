@@ -106,6 +106,17 @@ def test_scores_are_stored_and_not_rescored(scored, probe_set, smoke_pretrain_di
     again = scoring.score_workdir(smoke_pretrain_dir, [validation, *corrupted], path, tokenizer=tokenizer)
     np.testing.assert_array_equal(again.log_probs["validation"], first.log_probs["validation"])
     monkeypatch.undo()
+    # The npz alone describes the size: analyses can run from it without checkpoints or JAX.
+    from eval.trajectory_data import load_size_scores
+
+    loaded = load_size_scores(path)
+    assert loaded.model == "tiny" and loaded.params == first.params and list(loaded.steps) == STEPS
+    np.testing.assert_array_equal(loaded.tokens, first.tokens)
+    np.testing.assert_allclose(loaded.dev_loss, first.dev_loss)
+    assert sorted(loaded.log_probs) == sorted(first.log_probs)
+    np.testing.assert_array_equal(loaded.log_probs["corrupt_20"], first.log_probs["corrupt_20"])
+    with pytest.raises(ValueError, match="no trajectory scores"):
+        load_size_scores(path.with_name("missing.npz"))
     # Determinism: a fresh file scores the same values; max_checkpoints keeps the first and the last.
     fresh = scoring.score_workdir(smoke_pretrain_dir, [validation], path.with_name("fresh.npz"), tokenizer=tokenizer,
                                   batch_size=16, max_checkpoints=2)
