@@ -35,7 +35,6 @@ def train_on(task, tokenizer, workdir, steps=60):
     """The smoke model (barely pretrained) trained further on the task's 2-shot contexts followed by
     their correct answers; also returns it before that training."""
     from eval.trajectory_scoring import load_model
-    from train.step import apply_model
 
     model = load_model(workdir, 16)
     pairs = []
@@ -46,20 +45,29 @@ def train_on(task, tokenizer, workdir, steps=60):
                                       mode_id=token_scoring.mode_id(tokenizer))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params = nnx.to_pure_dict(params)
-    optimizer = optax.adam(1e-2)
+    optimizer = optax.sgd(0.3)  # plain SGD compiles much faster than Adam here
+    # Logits only at the answer positions (the vocabulary projection dominates this model's cost).
+    width = int(batch["decoder_loss_weights"].sum(axis=1).max())
+    positions = np.stack([np.nonzero(w)[0][np.minimum(np.arange(width), int(w.sum()) - 1)]
+                          for w in batch["decoder_loss_weights"]])
+    mask = np.arange(width)[None, :] < batch["decoder_loss_weights"].sum(axis=1, keepdims=True)
+    targets = np.take_along_axis(batch["decoder_target_tokens"], positions, axis=1)
 
     @jax.jit
     def step(params, opt_state):
         def loss_fn(p):
-            logits = apply_model(graphdef, p, rest, batch, deterministic=True)
-            lp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["decoder_target_tokens"][..., None], -1)[..., 0]
-            return -(lp * batch["decoder_loss_weights"]).sum() / batch["decoder_loss_weights"].sum()
+            m = nnx.merge(graphdef, p, rest)
+            hidden = m.hidden_and_cache(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+                                        batch["decoder_positions"], batch["decoder_causal_attention"], True)[0]
+            logits = m.logits(jnp.take_along_axis(hidden, positions[..., None], axis=1))
+            lp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+            return -(lp * mask).sum() / mask.sum()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    opt_state = optimizer.init(params)
+    opt_state = jax.jit(optimizer.init)(params)  # placed like the step's outputs: the step compiles once
     for _ in range(steps):
         params, opt_state, loss = step(params, opt_state)
     return model, params, float(loss)
@@ -77,7 +85,8 @@ def test_scorer_picks_planted_answer_after_training(tokenizer, smoke_pretrain_di
     assert after.accuracy == 1.0 and before.accuracy < 1.0
     assert after.correct_option_ppl < after.incorrect_option_ppl
     # Per-token log-probs of each continuation: one per continuation token, all <= 0.
-    lp = score_fn([("code word 0 x", "red apple"), ("code word 1 y", "blue")])
+    context = mc.build_context(task, 0, after.demonstrations[0])  # (a row shape already compiled)
+    lp = score_fn([(context, "red apple"), (context, "blue")])
     assert [len(x) for x in lp] == [len(tokenizer.encode("red apple")), len(tokenizer.encode("blue"))]
     assert all(np.all(x <= 0) for x in lp)
 
