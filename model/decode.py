@@ -20,12 +20,16 @@ def _select(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: ja
     The options are traced values, so one compiled program serves greedy and sampling.
     """
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    vocab = logits.shape[-1]
-    kth = jnp.take(jnp.sort(logits, axis=-1), jnp.clip(vocab - top_k, 0, vocab - 1), axis=-1)[:, None]
-    filtered = jnp.where((top_k > 0) & (logits < kth), -jnp.inf, logits)
-    scaled = filtered / jnp.where(temperature > 0, temperature, 1.0)
-    sampled = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled, greedy)
+
+    def sample(_):
+        # Sorting the vocabulary costs more than the rest of a small model's step, so it runs
+        # only when sampling (lax.cond executes one branch).
+        vocab = logits.shape[-1]
+        kth = jnp.take(jnp.sort(logits, axis=-1), jnp.clip(vocab - top_k, 0, vocab - 1), axis=-1)[:, None]
+        filtered = jnp.where((top_k > 0) & (logits < kth), -jnp.inf, logits)
+        return jax.random.categorical(key, filtered / temperature, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, sample, lambda _: greedy, None)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
