@@ -39,8 +39,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def train_batches(config: Any) -> list[dict]:
     """The run's training batches, in order: `epochs` passes over the Df subset, or exactly
-    `num_steps` batches (as many passes as that takes)."""
-    from data.pipeline import finetune_batches
+    `num_steps` batches (as many passes as that takes). Built in numpy from cached ids
+    (data.rows): a study's many runs skip a tf.data pipeline each."""
+    from data.rows import finetune_batches
 
     def passes(epochs: int) -> list[dict]:
         return list(finetune_batches(config.task, finetune_examples=config.finetune_examples,
@@ -49,16 +50,15 @@ def train_batches(config: Any) -> list[dict]:
 
     if config.epochs is not None:
         return passes(config.epochs)
-    per_epoch = max(len(passes(1)), 1)
-    batches = passes(math.ceil(config.num_steps / per_epoch) + 1)
-    return batches[: config.num_steps]
+    one = passes(1)
+    return passes(math.ceil(config.num_steps / max(len(one), 1)))[: config.num_steps]
 
 
 def dev_batches(config: Any) -> list[dict]:
     """Fixed validation batches for dev token PPL (model selection)."""
-    from data.pipeline import eval_batches
-    return eval_batches(config.task, "validation", batch_size=config.eval_batch_size, seq_len=config.seq_len,
-                        max_batches=config.dev_max_batches)
+    from data.rows import split_batches
+    return split_batches(config.task, "validation", batch_size=config.eval_batch_size, seq_len=config.seq_len,
+                         max_batches=config.dev_max_batches)
 
 
 def evaluate_model(model: Any, config: Any) -> tuple[dict, dict[str, float]]:
