@@ -266,7 +266,7 @@ def alignment_fits(frame: pd.DataFrame, spec: StudySpec) -> list[AlignmentFit]:
             for key, law, column in (("ce", "isik_ce", "ce"), ("bleu", "isik_loglaw", "bleu")):
                 values = points[column].to_numpy(float)
                 try:
-                    fits[key] = laws.fit_law(law, dp, values, holdout="none", names=["pretrain_tokens"], target=column,
+                    fits[key] = laws.fit_law(law, dp, values, holdout="none", names=["pretrain_tokens"], target=column, n_polish=1,
                                              group={"size": size, "corpus": corpus})
                 except ValueError as error:
                     fits[key] = None
