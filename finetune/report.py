@@ -108,9 +108,10 @@ def write_report(spec: StudySpec, study_dir: str | Path, store: ResultsStore) ->
         figure = report_plots.plot_df_scaling(fits, spec, out / "df_scaling.png")
         return (f"{spec.fit_metric} against the number of finetuning examples Df, at the final checkpoint "
                 f"({spec.token_budget:,} tokens) and the reference PET size, seeds averaged (bars: seed range), with "
-                f"the single-variable law `{spec.df_law}` fitted per size and method; open markers are held out "
-                f"(holdout {spec.holdout!r}: the largest Df) and scored by mean absolute deviation (Zhang et al. "
-                f"Fig. 1).\n\n{_image(figure, out, 'Df scaling')}\n\n{markdown_table(report_fits.df_fit_table(fits))}")
+                f"the single-variable law `{spec.df_law}` fitted per size and method; "
+                + ("open markers (the largest Df) are held out and scored by mean absolute deviation"
+                   if spec.holdout == "max" else "no point is held out (StudySpec.holdout = 'none')")
+                + f" (Zhang et al. Fig. 1).\n\n{_image(figure, out, 'Df scaling')}\n\n{markdown_table(report_fits.df_fit_table(fits))}")
 
     report.add(SECTION_TITLES[1], df_section)
 
