@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m finetune.study --gin_file=gin_configs/studies/demo.gin --workdir=runs/demo
+	@echo "demo report: runs/demo/report/report.md (results: runs/demo/report/results.csv)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
