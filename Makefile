@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-slow install clean
 
 install: $(STAMP)
 
@@ -21,8 +21,13 @@ demo: $(STAMP)
 	$(PY) -m finetune.study --gin_file=gin_configs/studies/demo.gin --workdir=runs/demo
 	@echo "demo report: runs/demo/report/report.md (results: runs/demo/report/results.csv)"
 
+# `make test`: everything but the tests marked slow (well under 15 minutes on 2 cores);
+# `make test-slow`: those (end-to-end jobs, SIGKILL resume, corpus rebuild); CI runs both.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
 
 clean:
 	rm -rf $(VENV) runs

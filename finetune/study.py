@@ -223,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--no_report", action="store_true", help="skip fitting and the report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only restore notices, one per run
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (seqio) loads lazily, after this
     try:
         if command == "status":
             print(status_text(args.workdir))

@@ -162,7 +162,7 @@ def heldout_mask(x: np.ndarray, spec="max", names: list[str] | None = None) -> n
 def fit_law(law: str | Law, x, y, *, residual: str = "log", delta: float = 1e-3, grid="default",
             holdout="none", n_polish: int = 4, names: list[str] | None = None, target: str = "y",
             group: dict | None = None, prune: tuple = ((5, 0.15), (20, 32)),
-            polish_max_iter: int = 20000) -> FitResult:
+            polish_max_iter: int = 3000) -> FitResult:
     """Fit `law` to (x, y) by the SUM of Huber_delta residuals from a grid of starts.
 
     All starts advance together in a batched L-BFGS (hopeless ones pruned), the best
@@ -197,7 +197,7 @@ def fit_law(law: str | Law, x, y, *, residual: str = "log", delta: float = 1e-3,
 
 
 def optimise(obj: Objective, starts: np.ndarray, *, n_polish: int = 4, prune: tuple = ((5, 0.15), (20, 32)),
-             polish_max_iter: int = 20000) -> tuple[np.ndarray, float, bool, str]:
+             polish_max_iter: int = 3000) -> tuple[np.ndarray, float, bool, str]:
     """Batched L-BFGS from all starts, then polish the best distinct end points; best wins."""
     with single_threaded_blas():
         return _optimise(obj, starts, n_polish=n_polish, prune=prune, polish_max_iter=polish_max_iter)

@@ -225,7 +225,7 @@ def batched_lbfgs(objective: Objective, x0: np.ndarray, *, max_iter: int = 300, 
     return {"x": x, "f": f, "iterations": it, "status": status, "evaluations": n_eval}
 
 
-def polish(objective: Objective, x0: np.ndarray, *, max_iter: int = 20000) -> tuple[np.ndarray, float, bool, str]:
+def polish(objective: Objective, x0: np.ndarray, *, max_iter: int = 3000) -> tuple[np.ndarray, float, bool, str]:
     """Tight scipy L-BFGS-B from x0 on the scaled objective; returns x, scaled f, converged, message.
 
     Tolerances are far below scipy's defaults (which stop about 14% above the optimum on
