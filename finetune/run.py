@@ -245,14 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parse_gin(args.gin_file, args.gin_param)
         config = FinetuneConfig()
+        if args.export_merged and config.method != "lora":  # refuse before training, not after
+            raise ValueError(f"--export_merged is for LoRA runs; this run's method is {config.method!r} "
+                             "(an FMT run exports its whole model to model/ already)")
         workdir.mkdir(parents=True, exist_ok=True)
         _write_atomic(workdir / "config.gin", gin.config_str())
         store = ResultsStore(args.study_dir) if args.study_dir else None
         result = run_finetune(config, workdir, store=store, progress=not args.no_progress)
         if args.export_merged:
             from finetune.adapters import export_model, load_adapter_model
-            if config.method != "lora":
-                raise ValueError(f"--export_merged is for LoRA runs; this run's method is {config.method!r}")
             export_model(load_adapter_model(workdir / "adapter.safetensors"), args.export_merged)
     except (ValueError, SyntaxError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,11 +5,14 @@ import json
 import math
 
 import gin
+import numpy as np
 import pytest
 
 from finetune import run as ft_run
+from finetune.adapters import load_adapter_model
 from finetune.config import FinetuneConfig
 from finetune.results import RESULT_COLUMNS, ResultsStore
+from train.export import load_exported_model
 
 HAVE_EVAL = importlib.util.find_spec("eval.evaluate") is not None
 
@@ -86,14 +89,27 @@ def test_cli_bad_rank_exits_2_naming_it(smoke_pretrain_dir, tmp_path, capsys):
     assert "lora_rank=33 exceeds the layer width d_model=32" in capsys.readouterr().err
 
 
+def test_cli_export_merged_refuses_a_non_lora_run_before_training(smoke_pretrain_dir, tmp_path, capsys):
+    code = ft_run.main(["--gin_file=gin_configs/finetune/fmt.gin", f"--workdir={tmp_path / 'run'}",
+                        f"--gin_param=FinetuneConfig.pretrain_workdir='{smoke_pretrain_dir}'",
+                        "--gin_param=FinetuneConfig.checkpoint_step=16", f"--export_merged={tmp_path / 'merged'}"])
+    assert code == 2
+    assert "--export_merged is for LoRA runs; this run's method is 'fmt'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "merged").exists()
+
+
 def test_cli_run_writes_one_complete_row_and_rerun_is_a_noop(smoke_pretrain_dir, tmp_path, evaluation, monkeypatch):
     study, workdir = tmp_path / "study", tmp_path / "run"
     config = small_config(smoke_pretrain_dir)
     params = [f"--gin_param=FinetuneConfig.{k}={json.dumps(v) if isinstance(v, str) else v}"
               for k, v in dataclasses_items(config)]
     code = ft_run.main(["--gin_file=gin_configs/finetune/lora.gin", *params, f"--workdir={workdir}",
-                        f"--study_dir={study}", "--no_progress"])
+                        f"--study_dir={study}", f"--export_merged={tmp_path / 'merged'}", "--no_progress"])
     assert code == 0
+    merged = load_exported_model(tmp_path / "merged", "safetensors")  # the LoRA update merged in
+    adapted = load_adapter_model(workdir / "adapter.safetensors")
+    tokens = np.arange(1, 17, dtype=np.int32)[None]
+    np.testing.assert_allclose(np.asarray(merged(tokens)), np.asarray(adapted(tokens)), rtol=1e-4, atol=1e-4)
     for name in ("config.gin", "operative_config.gin", "config.json", "metrics.jsonl", "adapter.safetensors",
                  "result.json"):
         assert (workdir / name).is_file(), name
