@@ -193,7 +193,8 @@ def dev_batches(
     return list(_iterate(batches.take(num_batches), 0))
 
 
-def _finetune_lengths(seq_len: int, input_fraction: float) -> dict[str, int]:
+def finetune_lengths(seq_len: int, input_fraction: float) -> dict[str, int]:
+    """seqio sequence lengths of a finetuning row: `input_fraction` of seq_len for the inputs."""
     if not 0.0 < input_fraction < 1.0:
         raise ValueError(f"input_fraction must be in (0, 1), got {input_fraction}")
     inputs = max(2, int(seq_len * input_fraction))
@@ -234,7 +235,7 @@ def finetune_batches(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     name = _tasks.register_finetune_subset(task, finetune_examples, subset_seed)
     examples = examples_dataset(
-        name, split="train", sequence_length=_finetune_lengths(seq_len, input_fraction),
+        name, split="train", sequence_length=finetune_lengths(seq_len, input_fraction),
         seed=seed, shuffle=True, num_epochs=epochs, shard_index=shard_index, num_shards=num_shards,
     )
     batches = packed_dataset(examples, seq_len=seq_len).batch(batch_size)
@@ -255,7 +256,7 @@ def eval_batches(
     _check_args(batch_size, seq_len, 0, 1, 0)
     _tasks._known_finetune_task(task)
     examples = examples_dataset(
-        task, split=split, sequence_length=_finetune_lengths(seq_len, input_fraction), seed=0,
+        task, split=split, sequence_length=finetune_lengths(seq_len, input_fraction), seed=0,
         shuffle=False, num_epochs=1,
     )
     batches = packed_dataset(examples, seq_len=seq_len).batch(batch_size)

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from data import tasks as data_tasks
-from data.pipeline import BATCH_KEYS, _finetune_lengths
+from data.pipeline import BATCH_KEYS, finetune_lengths
 
 EOS_ID = 1
 Example = tuple[np.ndarray, np.ndarray]  # (input ids + EOS, target ids + EOS)
@@ -30,7 +30,7 @@ def _encode(task: str, text: str, max_tokens: int) -> np.ndarray:
 
 def encode_examples(task: str, examples: Sequence[dict], *, seq_len: int, input_fraction: float = 0.5) -> list[Example]:
     """(inputs, targets) ids of raw examples, trimmed to the lengths the pipeline gives them."""
-    lengths = _finetune_lengths(seq_len, input_fraction)
+    lengths = finetune_lengths(seq_len, input_fraction)
     return [(_encode(task, ex["inputs"], lengths["inputs"]), _encode(task, ex["targets"], lengths["targets"]))
             for ex in examples]
 

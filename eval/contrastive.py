@@ -20,7 +20,7 @@ from eval.token_scoring import encode_rows
 
 @functools.partial(jax.jit, static_argnames=("graph_small", "graph_large", "start", "new_tokens"))
 def _decode(graph_small, graph_large, state_small, state_large, batch, allowed, top_p, key, *, start, new_tokens):
-    from train.step import apply_model
+    from model.functional import apply_model
 
     small_params, small_rest = state_small
     large_params, large_rest = state_large

@@ -128,7 +128,7 @@ def _tokenized(task: str, split: str, seq_len: int) -> tuple[tuple[np.ndarray, .
     """(inputs, targets) token arrays of a task split, trimmed + EOS exactly as its PPL batches
     (seqio's get_dataset with the same lengths), in file order; cached: every run of a study
     evaluates the same test sets."""
-    lengths = pipeline._finetune_lengths(seq_len, INPUT_FRACTION)
+    lengths = pipeline.finetune_lengths(seq_len, INPUT_FRACTION)
     dataset = seqio.get_mixture_or_task(check_task(task)).get_dataset(
         sequence_length=lengths, split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False)
     raw = data_tasks.raw_examples(task, split)
@@ -240,7 +240,7 @@ def evaluate_task(
     if not decode:
         return result
     prompts, raw = task_prompts(name, split, seq_len=seq_len)
-    width = pipeline._finetune_lengths(seq_len, INPUT_FRACTION)["inputs"]
+    width = pipeline.finetune_lengths(seq_len, INPUT_FRACTION)["inputs"]
     outputs = greedy_decode(model, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                             prompt_width=width)
     vocabulary = task_vocabulary(name)

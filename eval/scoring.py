@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from eval.metrics import TokenLikelihood, TokenLikelihoodAccumulator
-from train.step import MODEL_INPUT_KEYS, apply_model
+from model.functional import MODEL_INPUT_KEYS, apply_model
 
 REQUIRED_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 

@@ -20,7 +20,8 @@ from flax import nnx
 
 from finetune.methods import MethodSpec, split_model, tree_bytes, tree_size
 from train.optimizer import learning_rate_schedule, make_optimizer, weighted_cross_entropy
-from train.step import MODEL_INPUT_KEYS, apply_model, make_eval_step
+from model.functional import MODEL_INPUT_KEYS, apply_model
+from train.step import make_eval_step
 
 Batch = dict[str, np.ndarray]
 

@@ -15,29 +15,12 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from model.functional import MODEL_INPUT_KEYS, apply_model
 from train.optimizer import weighted_cross_entropy
 from train.partitioning import batch_sharding, replicated
 
 Batch = dict[str, jax.Array]
 TrainState = dict[str, Any]
-
-MODEL_INPUT_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                    "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")
-
-
-def apply_model(graphdef: nnx.GraphDef, params: dict, rest: nnx.State, batch: Batch,
-                *, deterministic: bool, dropout_key: jax.Array | None = None) -> jax.Array:
-    """Rebuild the module from pure params and run it on a batch; float32 logits."""
-    model = nnx.merge(graphdef, params, rest)
-    if dropout_key is not None:
-        nnx.reseed(model, dropout=dropout_key)
-    return model(
-        batch["decoder_input_tokens"],
-        segment_ids=batch.get("decoder_segment_ids"),
-        positions=batch.get("decoder_positions"),
-        causal_attention=batch.get("decoder_causal_attention"),
-        deterministic=deterministic,
-    )
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *,

@@ -66,7 +66,7 @@ def test_per_token_losses_shapes_and_match_full_forward(scored, probe_set, smoke
     assert result.token_ppl().shape == (12 * 24, 4)
     # Reference: full logits of the step-16 model at every position (no gather, no bucketing).
     from train.export import build_model
-    from train.step import apply_model
+    from model.functional import apply_model
 
     config, params, _ = token_scoring.checkpoint_params(smoke_pretrain_dir, 16)
     from flax import nnx

@@ -5,7 +5,7 @@ import pytest
 import seqio
 
 from data import rows, tasks
-from data.pipeline import BATCH_KEYS, _finetune_lengths, examples_dataset
+from data.pipeline import BATCH_KEYS, examples_dataset, finetune_lengths
 
 TASK, SEQ_LEN, N = "mt_en_de", 64, 24
 
@@ -13,7 +13,7 @@ TASK, SEQ_LEN, N = "mt_en_de", 64, 24
 @pytest.fixture(scope="module")
 def seqio_rows():
     """seqio's unpacked prefix-LM features of the first N validation examples."""
-    examples = examples_dataset(TASK, split="validation", sequence_length=_finetune_lengths(SEQ_LEN, 0.5),
+    examples = examples_dataset(TASK, split="validation", sequence_length=finetune_lengths(SEQ_LEN, 0.5),
                                 seed=0, shuffle=False, num_epochs=1).take(N)
     converter = seqio.PrefixLMFeatureConverter(pack=False)
     features = converter(examples, {"inputs": SEQ_LEN // 2, "targets": SEQ_LEN // 2})
