@@ -132,6 +132,8 @@ def alignment(fits: list[AlignmentFit]) -> str:
     lines, agree, disagree = [], 0, 0
     for f in fits:
         lines.append(f"{f.size}/{f.corpus}: {f.monotonicity}")
+        if f.monotonicity.startswith("not judged"):
+            continue
         flagged = "misalignment signature" in f.monotonicity
         both_improve = f.monotonicity.startswith("metric and cross-entropy both improve")
         if f.corpus == "aligned":
@@ -140,7 +142,29 @@ def alignment(fits: list[AlignmentFit]) -> str:
         elif f.corpus == "misaligned":
             agree += flagged  # the paper's warning shows up
             lines[-1] += "" if flagged else " (the paper's misalignment effect does not show here)"
-    return head + " Here: " + "; ".join(lines) + f". Aligned runs: {_verdict(agree, disagree)} (rule: agrees when both improve monotonically)."
+    return (head + " Here: " + "; ".join(lines) + f". Aligned runs: {_verdict(agree, disagree)} (rule: agrees when both "
+            "improve monotonically)." + _aligned_vs_misaligned_ce(fits))
+
+
+def _aligned_vs_misaligned_ce(fits: list[AlignmentFit]) -> str:
+    """Downstream CE after aligned vs misaligned pretraining at the same size and Dp (Isik et al.: aligned data
+    gives the better downstream CE)."""
+    by = {(f.size, f.corpus): f.points.set_index("pretrain_tokens")["ce"] for f in fits}
+    gaps = {}
+    for size in dict.fromkeys(f.size for f in fits):
+        if (size, "aligned") in by and (size, "misaligned") in by:
+            gap = (by[(size, "misaligned")] - by[(size, "aligned")]).dropna()
+            if not gap.empty:
+                gaps[size] = gap
+    if not gaps:
+        return ""
+    cells = pd.concat(gaps.values())
+    lower = int((cells > 0).sum())
+    last = "; ".join(f"{size} {gap.iloc[0]:+.3f} at Dp {gap.index[0]:,.0f} -> {gap.iloc[-1]:+.3f} at {gap.index[-1]:,.0f}"
+                     for size, gap in gaps.items())
+    return (f" Aligned vs misaligned downstream CE at the same size and Dp: aligned pretraining gives the lower CE in "
+            f"{lower} of {len(cells)} cells ({_verdict(lower, len(cells) - lower)}; rule: agrees where aligned is lower); "
+            f"misaligned minus aligned CE: {last}.")
 
 
 def findings(spec: StudySpec, frame: pd.DataFrame, df_fits: list[DfFit], joint: JointResults, scale: pd.DataFrame,

@@ -236,6 +236,12 @@ def critical_points(joint: JointResults, frame: pd.DataFrame, spec: StudySpec, e
 # --- Isik: alignment --------------------------------------------------------------------
 
 
+# The misalignment check on BLEU: sacrebleu reports one decimal, so smaller drops are not counted;
+# below BLEU_FLOOR at every Dp (an untrained model) there is no trend to judge.
+BLEU_TOLERANCE = 0.1
+BLEU_FLOOR = 1.0
+
+
 @dataclass
 class AlignmentFit:
     """Downstream CE and BLEU vs pretraining tokens for one size and corpus, with the Isik laws."""
@@ -271,8 +277,13 @@ def alignment_fits(frame: pd.DataFrame, spec: StudySpec) -> list[AlignmentFit]:
                 except ValueError as error:
                     fits[key] = None
                     notes.append(f"{law} not fitted: {error}")
+            bleu = points["bleu"].fillna(0).to_numpy(float)
             try:
-                mono = laws.misalignment_check(dp, points["ce"].to_numpy(float), points["bleu"].fillna(0).to_numpy(float)).message
+                if bleu.max() < BLEU_FLOOR:
+                    raise ValueError(f"BLEU is below {BLEU_FLOOR:g} at every Dp (max {bleu.max():.2f}): too close to zero "
+                                     "to tell a trend from noise")
+                mono = laws.misalignment_check(dp, points["ce"].to_numpy(float), bleu,
+                                               metric_tolerance=BLEU_TOLERANCE).message
             except ValueError as error:
                 mono = f"not judged: {error}"
             out.append(AlignmentFit(size, corpus, points, fits["ce"], fits["bleu"], mono, notes))

@@ -53,11 +53,16 @@ class MonotonicityReport:
     message: str
 
 
-def misalignment_check(dp, cross_entropy, metric, *, tolerance: float = 0.0,
+def misalignment_check(dp, cross_entropy, metric, *, tolerance: float = 0.0, metric_tolerance: float | None = None,
                        higher_is_better: bool = True) -> MonotonicityReport:
     """Flag a metric that is not monotone in Dp while the cross-entropy is (Isik et al.'s signature
     of pretraining data misaligned with the downstream task). Values are averaged per Dp;
-    changes smaller than `tolerance` (e.g. seed noise) are not counted as violations."""
+    changes smaller than `tolerance` (e.g. seed noise) are not counted as violations;
+    `metric_tolerance` (default: `tolerance`) is the metric's own, in its units (e.g. BLEU points)."""
+    metric_tolerance = tolerance if metric_tolerance is None else metric_tolerance
+    for name, value in (("tolerance", tolerance), ("metric_tolerance", metric_tolerance)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     dp = np.asarray(dp, float).reshape(-1)
     ce = np.asarray(cross_entropy, float).reshape(-1)
     mt = np.asarray(metric, float).reshape(-1)
@@ -72,9 +77,9 @@ def misalignment_check(dp, cross_entropy, metric, *, tolerance: float = 0.0,
     dce = np.diff(frame["ce"].to_numpy())
     dm = np.diff(frame["m"].to_numpy()) * (1 if higher_is_better else -1)
     ce_mono = bool(np.all(dce <= tolerance))
-    m_mono = bool(np.all(dm >= -tolerance))
+    m_mono = bool(np.all(dm >= -metric_tolerance))
     idx = frame.index.to_numpy()
-    drops = [(float(idx[i]), float(idx[i + 1]), float(-dm[i])) for i in np.flatnonzero(dm < -tolerance)]
+    drops = [(float(idx[i]), float(idx[i + 1]), float(-dm[i])) for i in np.flatnonzero(dm < -metric_tolerance)]
     flagged = ce_mono and not m_mono
     if flagged:
         msg = (f"misalignment signature: cross-entropy falls monotonically with Dp but the metric gets worse "

@@ -108,7 +108,9 @@ class Law:
         return np.exp(logpred[0])
 
     def to_natural(self, theta: np.ndarray) -> dict:
-        return {k: float(v) for k, v in self.to_natural_fn(np.asarray(theta, float)).items()}
+        # exp of a huge log-parameter is inf in natural units; FitResult.theta keeps the finite log value.
+        with np.errstate(over="ignore"):
+            return {k: float(v) for k, v in self.to_natural_fn(np.asarray(theta, float)).items()}
 
     def from_natural(self, params: dict) -> np.ndarray:
         missing = [k for k in self.natural_names if k not in params]

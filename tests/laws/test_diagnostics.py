@@ -30,6 +30,10 @@ def test_loglaw_fits_bleu_and_misalignment_is_flagged():
     bleu_misaligned[[4, 7]] -= 3.0                          # BLEU fluctuates while CE improves
     bad = misalignment_check(DP, ce, bleu_misaligned, tolerance=0.2)
     assert bad.flagged and len(bad.metric_drops) == 2 and "misalignment" in bad.message
+    # Drops within the metric's own tolerance (its units) are noise, not the signature.
+    assert not misalignment_check(DP, ce, bleu_misaligned, tolerance=0.0, metric_tolerance=3.5).flagged
+    with pytest.raises(ValueError, match="metric_tolerance must be a finite number >= 0, got -1"):
+        misalignment_check(DP, ce, bleu_aligned, metric_tolerance=-1)
     not_applicable = misalignment_check(DP, ce[::-1], bleu_misaligned)
     assert not not_applicable.flagged and "not monotone" in not_applicable.message
     with pytest.raises(ValueError, match="equal lengths"):
