@@ -160,11 +160,11 @@ def _aligned_vs_misaligned_ce(fits: list[AlignmentFit]) -> str:
         return ""
     cells = pd.concat(gaps.values())
     lower = int((cells > 0).sum())
-    last = "; ".join(f"{size} {gap.iloc[0]:+.3f} at Dp {gap.index[0]:,.0f} -> {gap.iloc[-1]:+.3f} at {gap.index[-1]:,.0f}"
+    trend = "; ".join(f"{size} {gap.iloc[0]:+.3f} at Dp {gap.index[0]:,.0f} -> {gap.iloc[-1]:+.3f} at {gap.index[-1]:,.0f}"
                      for size, gap in gaps.items())
     return (f" Aligned vs misaligned downstream CE at the same size and Dp: aligned pretraining gives the lower CE in "
             f"{lower} of {len(cells)} cells ({_verdict(lower, len(cells) - lower)}; rule: agrees where aligned is lower); "
-            f"misaligned minus aligned CE: {last}.")
+            f"misaligned minus aligned CE: {trend}.")
 
 
 def findings(spec: StudySpec, frame: pd.DataFrame, df_fits: list[DfFit], joint: JointResults, scale: pd.DataFrame,
