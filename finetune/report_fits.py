@@ -278,13 +278,14 @@ def alignment_fits(frame: pd.DataFrame, spec: StudySpec) -> list[AlignmentFit]:
                     fits[key] = None
                     notes.append(f"{law} not fitted: {error}")
             bleu = points["bleu"].fillna(0).to_numpy(float)
-            try:
-                if bleu.max() < BLEU_FLOOR:
-                    raise ValueError(f"BLEU is below {BLEU_FLOOR:g} at every Dp (max {bleu.max():.2f}): too close to zero "
-                                     "to tell a trend from noise")
-                mono = laws.misalignment_check(dp, points["ce"].to_numpy(float), bleu,
-                                               metric_tolerance=BLEU_TOLERANCE).message
-            except ValueError as error:
-                mono = f"not judged: {error}"
+            if bleu.max() < BLEU_FLOOR:
+                mono = (f"not judged: BLEU is below {BLEU_FLOOR:g} at every Dp (max {bleu.max():.2f}): too close to "
+                        "zero to tell a trend from noise")
+            else:
+                try:
+                    mono = laws.misalignment_check(dp, points["ce"].to_numpy(float), bleu,
+                                                   metric_tolerance=BLEU_TOLERANCE).message
+                except ValueError as error:
+                    mono = f"not judged: {error}"
             out.append(AlignmentFit(size, corpus, points, fits["ce"], fits["bleu"], mono, notes))
     return out
