@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m finetune.study --gin_file=gin_configs/studies/demo.gin --workdir=runs/demo
+	$(PY) -m study --gin_file=gin_configs/studies/demo.gin --workdir=runs/demo
 	@echo "demo report: runs/demo/report/report.md (results: runs/demo/report/results.csv)"
 
 # `make test`: everything but the tests marked slow (well under 15 minutes on 2 cores);

@@ -39,7 +39,8 @@ def measure(size: str, method: str, *, steps: int, batch_size: int, seq_len: int
 
     from finetune.config import DEFAULT_LEARNING_RATES, DEFAULT_PARAMETER_SCALE
     from finetune.loop import compiled_steps, model_inputs
-    from finetune.methods import MethodSpec, base_params_of, build_model, split_model, tree_bytes, tree_size
+    from finetune.costs import tree_bytes, tree_size
+    from model.methods import MethodSpec, base_params_of, build_model, split_trainable
     from model.sizes import get_config
     from model.transformer import Transformer
 
@@ -49,7 +50,7 @@ def measure(size: str, method: str, *, steps: int, batch_size: int, seq_len: int
     base = base_params_of(Transformer(config, rngs=nnx.Rngs(0)))
     model = build_model(config, base, spec, seed=0)
     compiled = compiled_steps(model, spec, parameter_scale=DEFAULT_PARAMETER_SCALE[method])
-    _, params, rest = split_model(model, method)
+    _, params, rest = split_trainable(model, method)
     device = jax.local_devices()[0]
     params = jax.device_put(params, device)
     rest = jax.tree.map(lambda x: jax.device_put(x, device), rest)

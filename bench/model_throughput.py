@@ -23,6 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from model.loss import target_log_probs  # noqa: E402
 from model.sizes import count_params, get_config  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 
@@ -51,8 +52,7 @@ def train_step_fn(model: Transformer):
 
     def loss(params, tokens):
         logits = nnx.merge(graphdef, params, rest)(tokens[:, :-1])
-        logp = jax.nn.log_softmax(logits)
-        return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
+        return -jnp.mean(target_log_probs(logits, tokens[:, 1:]))
 
     step = jax.jit(jax.value_and_grad(loss))
     return lambda tokens: step(params, tokens)

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from model.sizes import count_params, get_config  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
-from train.checkpoints import CheckpointStore  # noqa: E402
+from checkpoints.store import CheckpointStore  # noqa: E402
 from train.metrics import flops_per_token_from_config, measure_matmul_peak  # noqa: E402
 from train.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
 from train.partitioning import make_mesh  # noqa: E402

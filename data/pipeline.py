@@ -1,6 +1,6 @@
 """Packed prefix-LM batch iterators over seqio Tasks/Mixtures: pretraining, dev, finetuning.
 
-Batches are dicts of numpy arrays [batch, seq_len] in the CONTRACTS.md format (seqio
+Batches are dicts of numpy arrays [batch, seq_len] in data.rows' format (seqio
 PrefixLMFeatureConverter names, pack=True). Iteration is deterministic given (seed, start_step):
 the same pipeline is rebuilt and `start_step` batches are skipped, so a resumed run sees exactly
 the batches it would have seen. Each host reads shard `shard_index` of `num_shards`; batch_size
@@ -18,16 +18,13 @@ import seqio
 import tensorflow as tf
 
 from data import tasks as _tasks  # registers the tasks
+from data.rows import BATCH_KEYS, INPUT_FRACTION, finetune_lengths, pad_batch
 from data.vocab import vocab_path
 
 # Our FunctionDataSources hold the whole split in memory and permute it fully per epoch, so
 # seqio's warning about insufficient shuffling of uncached function sources does not apply.
 logging.getLogger("absl").addFilter(lambda record: "uncached FunctionDataset" not in record.getMessage())
 
-BATCH_KEYS = (
-    "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-    "decoder_causal_attention", "decoder_segment_ids", "decoder_positions",
-)
 
 
 class PackedPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
@@ -193,23 +190,6 @@ def dev_batches(
     return list(_iterate(batches.take(num_batches), 0))
 
 
-def finetune_lengths(seq_len: int, input_fraction: float) -> dict[str, int]:
-    """seqio sequence lengths of a finetuning row: `input_fraction` of seq_len for the inputs."""
-    if not 0.0 < input_fraction < 1.0:
-        raise ValueError(f"input_fraction must be in (0, 1), got {input_fraction}")
-    inputs = max(2, int(seq_len * input_fraction))
-    return {"inputs": inputs, "targets": seq_len - inputs}
-
-
-def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """Pad a short final batch with empty rows (segment 0, loss weight 0): fixed shapes."""
-    rows = next(iter(batch.values())).shape[0]
-    if rows == batch_size:
-        return batch
-    return {k: np.concatenate([v, np.zeros((batch_size - rows,) + v.shape[1:], v.dtype)])
-            for k, v in batch.items()}
-
-
 @gin.configurable(module="data")
 def finetune_batches(
     task: str,
@@ -223,7 +203,7 @@ def finetune_batches(
     start_step: int = 0,
     shard_index: int = 0,
     num_shards: int = 1,
-    input_fraction: float = 0.5,
+    input_fraction: float = INPUT_FRACTION,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Packed batches of a Df-example subset (nested across Df per subset_seed) for `epochs`.
 
@@ -239,7 +219,7 @@ def finetune_batches(
         seed=seed, shuffle=True, num_epochs=epochs, shard_index=shard_index, num_shards=num_shards,
     )
     batches = packed_dataset(examples, seq_len=seq_len).batch(batch_size)
-    return (_pad_batch(b, batch_size) for b in _iterate(batches, start_step))
+    return (pad_batch(b, batch_size) for b in _iterate(batches, start_step))
 
 
 @gin.configurable(module="data")
@@ -249,7 +229,7 @@ def eval_batches(
     *,
     batch_size: int,
     seq_len: int,
-    input_fraction: float = 0.5,
+    input_fraction: float = INPUT_FRACTION,
     max_batches: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """All examples of a finetuning task split, packed in file order (dev / test token PPL)."""
@@ -262,7 +242,7 @@ def eval_batches(
     batches = packed_dataset(examples, seq_len=seq_len).batch(batch_size)
     if max_batches is not None:
         batches = batches.take(max_batches)
-    return [_pad_batch(b, batch_size) for b in _iterate(batches, 0)]
+    return [pad_batch(b, batch_size) for b in _iterate(batches, 0)]
 
 
 raw_examples = _tasks.raw_examples

@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from data import ul2
+from data import corpora, ul2
 from data.vocab import DEFAULT_EXTRA_IDS, PAIRS, vocab_path
 
 CORPORA = ("aligned", "misaligned")
@@ -142,8 +142,6 @@ def _rates_tag(rates: Mapping[str, float]) -> str:
 
 
 def _monolingual(pair: str, corpus: str) -> list[str]:
-    from data import corpora
-
     return corpora.load_monolingual(pair, corpus)
 
 
@@ -183,8 +181,6 @@ def mt_prefix(source_lang: str, target_lang: str) -> str:
 
 
 def _mt_examples(source_lang: str, target_lang: str, split: str) -> list[dict[str, str]]:
-    from data import corpora
-
     if split not in _CORPORA_SPLIT:
         raise ValueError(f"unknown split {split!r}; valid: {tuple(_CORPORA_SPLIT)}")
     xx = target_lang if source_lang == "en" else source_lang
@@ -203,8 +199,6 @@ def summarize_prefix(lang: str) -> str:
 
 def _summary_examples(pair: str, split: str) -> list[dict[str, str]]:
     """Summarization examples in the pair's two languages (the bilingual model's vocabulary)."""
-    from data import corpora
-
     if split not in _CORPORA_SPLIT:
         raise ValueError(f"unknown split {split!r}; valid: {tuple(_CORPORA_SPLIT)}")
     languages = set(pair.split("-"))

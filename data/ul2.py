@@ -5,11 +5,12 @@ X: extreme corruption (3, 50%), (8, 50%), (64, 15%), (64, 50%), mode token [NLG]
 S: prefix LM with a uniformly random split point, mode token [S2S].
 Each denoiser cuts the concatenated token stream into raw chunks sized so that its example
 (mode token + corrupted inputs + EOS + targets + EOS) fits one packed row of the target length.
-Our own code (DESIGN.md: the `t5` package is not a dependency); span noise follows T5's recipe.
+Our own code (ARCHITECTURE.md: the `t5` package is not a dependency); span noise follows T5's recipe.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Mapping, Sequence
 
@@ -233,8 +234,6 @@ def denoise(
 
 def denoiser_preprocessors(denoiser: Denoiser, docs_per_group: int = 128) -> list:
     """The seqio preprocessors after tokenization that make one denoiser's examples."""
-    import functools
-
     return [
         functools.partial(concat_and_chunk, denoiser=denoiser, docs_per_group=docs_per_group),
         functools.partial(denoise, denoiser=denoiser),

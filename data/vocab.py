@@ -16,6 +16,8 @@ from typing import Iterable
 
 import sentencepiece as spm
 
+from data import corpora
+
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 PAIRS = ("en-de", "en-zh")
 MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
@@ -118,8 +120,6 @@ def sentinel_id(vocabulary, index: int) -> int:
 
 def pretraining_text(pair: str) -> list[str]:
     """All pretraining text of a pair (aligned + misaligned monolingual corpora, every language)."""
-    from data import corpora
-
     texts: list[str] = []
     for corpus in ("aligned", "misaligned"):
         texts.extend(corpora.load_monolingual(pair, corpus))

@@ -2,58 +2,58 @@
 
 Each step takes the positive part of p_small - p_large over ordinary subwords, renormalises it,
 and picks greedily or samples from its top-p nucleus. Both models read the same prefix-LM row
-([S2S] + prompt + EOS, then the generated tokens), as in eval.token_scoring; one jitted loop
-per (pair of model structures, shapes).
+([0, S2S] + prompt + EOS, bidirectional, then the generated tokens), as in eval.token_scoring,
+and keep their own KV cache (model.decode): one prefill, then one cached token per step.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from eval.token_scoring import encode_rows
+from data.vocab import EOS_ID
+from model.decode import extend, prefill
 
 
-@functools.partial(jax.jit, static_argnames=("graph_small", "graph_large", "start", "new_tokens"))
-def _decode(graph_small, graph_large, state_small, state_large, batch, allowed, top_p, key, *, start, new_tokens):
-    from model.functional import apply_model
+def _contrastive_token(p_small: jax.Array, p_large: jax.Array, allowed: jax.Array, top_p: jax.Array,
+                       key: jax.Array) -> jax.Array:
+    """The next token per row from the positive part of p_small - p_large (greedy when top_p >= 1)."""
+    diff = jnp.where(allowed[None, :], jnp.maximum(p_small - p_large, 0.0), 0.0)
+    fallback = jnp.where(allowed[None, :], p_small, 0.0)  # no positive mass: follow the small model
+    probs = jnp.where(diff.sum(-1, keepdims=True) > 0, diff, fallback)
+    probs = probs / probs.sum(-1, keepdims=True)
+    rows = jnp.arange(probs.shape[0])
+    order = jnp.argsort(-probs, axis=-1)
+    sorted_probs = jnp.take_along_axis(probs, order, axis=-1)
+    keep_sorted = (jnp.cumsum(sorted_probs, axis=-1) - sorted_probs) < top_p  # the nucleus (always >= 1 token)
+    keep = jnp.zeros_like(keep_sorted).at[rows[:, None], order].set(keep_sorted)
+    logits = jnp.where(keep & (probs > 0), jnp.log(jnp.maximum(probs, 1e-30)), -jnp.inf)
+    sampled = jax.random.categorical(key, logits, axis=-1)
+    return jnp.where(top_p >= 1.0, jnp.argmax(probs, axis=-1), sampled).astype(jnp.int32)
 
-    small_params, small_rest = state_small
-    large_params, large_rest = state_large
-    rows = batch["decoder_input_tokens"].shape[0]
+
+@functools.partial(jax.jit, static_argnames=("graph_small", "graph_large", "new_tokens"))
+def _decode(graph_small, graph_large, state_small, state_large, tokens, allowed, top_p, key, *, new_tokens):
+    small, large = nnx.merge(graph_small, state_small), nnx.merge(graph_large, state_large)
+    rows, prompt_len = tokens.shape
+    lengths = jnp.full((rows,), prompt_len, jnp.int32)
+    bidirectional = jnp.bool_(True)
+    logits_small, cache_small = prefill(small, tokens, lengths, bidirectional, small.prompt_length + prompt_len + new_tokens)
+    logits_large, cache_large = prefill(large, tokens, lengths, bidirectional, large.prompt_length + prompt_len + new_tokens)
 
     def body(t, carry):
-        inputs, out = carry
-        features = dict(batch, decoder_input_tokens=inputs)
-        pos = start + t
-        p_small = jax.nn.softmax(apply_model(graph_small, small_params, small_rest, features, deterministic=True)[:, pos])
-        p_large = jax.nn.softmax(apply_model(graph_large, large_params, large_rest, features, deterministic=True)[:, pos])
-        diff = jnp.where(allowed[None, :], jnp.maximum(p_small - p_large, 0.0), 0.0)
-        fallback = jnp.where(allowed[None, :], p_small, 0.0)  # no positive mass: follow the small model
-        probs = jnp.where(diff.sum(-1, keepdims=True) > 0, diff, fallback)
-        probs = probs / probs.sum(-1, keepdims=True)
-        order = jnp.argsort(-probs, axis=-1)
-        sorted_probs = jnp.take_along_axis(probs, order, axis=-1)
-        keep_sorted = (jnp.cumsum(sorted_probs, axis=-1) - sorted_probs) < top_p  # the nucleus (always >= 1 token)
-        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(rows)[:, None], order].set(keep_sorted)
-        logits = jnp.where(keep & (probs > 0), jnp.log(jnp.maximum(probs, 1e-30)), -jnp.inf)
-        sampled = jax.random.categorical(jax.random.fold_in(key, t), logits, axis=-1)
-        token = jnp.where(top_p >= 1.0, jnp.argmax(probs, axis=-1), sampled).astype(jnp.int32)
-        out = out.at[:, t].set(token)
-        inputs = jnp.where(pos + 1 < inputs.shape[1], inputs.at[:, jnp.minimum(pos + 1, inputs.shape[1] - 1)].set(token), inputs)
-        return inputs, out
+        logits_small, cache_small, logits_large, cache_large, out = carry
+        token = _contrastive_token(jax.nn.softmax(logits_small), jax.nn.softmax(logits_large), allowed, top_p,
+                                   jax.random.fold_in(key, t))
+        logits_small, cache_small = extend(small, token, small.prompt_length + lengths + t, cache_small)
+        logits_large, cache_large = extend(large, token, large.prompt_length + lengths + t, cache_large)
+        return logits_small, cache_small, logits_large, cache_large, out.at[:, t].set(token)
 
     out = jnp.zeros((rows, new_tokens), jnp.int32)
-    return jax.lax.fori_loop(0, new_tokens, body, (batch["decoder_input_tokens"], out))[1]
-
-
-def _state(model: nnx.Module) -> tuple[nnx.GraphDef, Any]:
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, (nnx.to_pure_dict(params), rest)
+    return jax.lax.fori_loop(0, new_tokens, body, (logits_small, cache_small, logits_large, cache_large, out))[-1]
 
 
 def contrastive_generate(small: nnx.Module, large: nnx.Module, prompts: np.ndarray, *, new_tokens: int,
@@ -70,11 +70,12 @@ def contrastive_generate(small: nnx.Module, large: nnx.Module, prompts: np.ndarr
         raise ValueError(f"vocabularies differ: {small.config.vocab_size} vs {large.config.vocab_size} ids")
     allowed = np.zeros(small.config.vocab_size, bool)
     allowed[np.asarray(allowed_ids)] = True
-    batch = encode_rows(prompts, np.zeros((len(prompts), new_tokens), np.int32), seq_len=prompts.shape[1] + 2 + new_tokens,
-                        mode_id=mode_id)
-    start = prompts.shape[1] + 2  # row = [S2S] p_1..p_k EOS g_1..: logits at g_1's index (input EOS) predict it
-    graph_small, state_small = _state(small)
-    graph_large, state_large = _state(large)
-    return np.asarray(_decode(graph_small, graph_large, state_small, state_large, batch, jnp.asarray(allowed),
-                              jnp.float32(1.0 if top_p is None else top_p), jax.random.key(seed),
-                              start=start, new_tokens=new_tokens))
+    rows = len(prompts)
+    # What the model reads for row [S2S] + prompt + EOS: the prefix shifted right, 0 first.
+    tokens = np.concatenate([np.zeros((rows, 1), np.int32), np.full((rows, 1), mode_id, np.int32), prompts,
+                             np.full((rows, 1), EOS_ID, np.int32)], axis=1)
+    graph_small, state_small = nnx.split(small)
+    graph_large, state_large = nnx.split(large)
+    return np.asarray(_decode(graph_small, graph_large, state_small, state_large, jnp.asarray(tokens),
+                              jnp.asarray(allowed), jnp.float32(1.0 if top_p is None else top_p), jax.random.key(seed),
+                              new_tokens=new_tokens))

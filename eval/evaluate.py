@@ -19,14 +19,14 @@ import numpy as np
 import seqio
 from flax import nnx
 
-from data import pipeline
+from data import rows
 from data import tasks as data_tasks
+from data.rows import INPUT_FRACTION, finetune_lengths
+from data.vocab import EOS_ID, vocab_path
 from eval import metrics
 from eval.scoring import score_batches
 from model.decode import generate
 
-EOS_ID = 1
-INPUT_FRACTION = 0.5  # data.pipeline.eval_batches' default: inputs get half of seq_len
 _MT_RE = re.compile(r"^mt_([a-z]+)_([a-z]+)$")
 _VIEWS: dict[str, tuple[str, str | None, int | None]] = {}  # view name -> (base task, stratum, max_examples)
 
@@ -80,8 +80,6 @@ def check_vocabulary(model: nnx.Module, task: str, *, pair: str | None = None) -
             f"{model.config.vocab_size}: evaluate it on a task of its own language pair"
         )
     if pair is not None:
-        from data.vocab import vocab_path
-
         if Path(vocabulary.sentencepiece_model_file).resolve() != Path(vocab_path(pair)).resolve():
             raise ValueError(
                 f"task {task!r} uses the vocabulary {vocabulary.sentencepiece_model_file} but the checkpoint "
@@ -128,7 +126,7 @@ def _tokenized(task: str, split: str, seq_len: int) -> tuple[tuple[np.ndarray, .
     """(inputs, targets) token arrays of a task split, trimmed + EOS exactly as its PPL batches
     (seqio's get_dataset with the same lengths), in file order; cached: every run of a study
     evaluates the same test sets."""
-    lengths = pipeline.finetune_lengths(seq_len, INPUT_FRACTION)
+    lengths = finetune_lengths(seq_len, INPUT_FRACTION)
     dataset = seqio.get_mixture_or_task(check_task(task)).get_dataset(
         sequence_length=lengths, split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False)
     raw = data_tasks.raw_examples(task, split)
@@ -153,22 +151,7 @@ def likelihood_batches(task: str, split: str, *, batch_size: int, seq_len: int) 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     inputs, targets = _tokenized(task, split, seq_len)
-    batches = []
-    for start in range(0, len(inputs), batch_size):
-        shape = (batch_size, seq_len)
-        rows = {key: np.zeros(shape, np.int32) for key in pipeline.BATCH_KEYS}
-        rows["decoder_loss_weights"] = np.zeros(shape, np.float32)
-        for row, (prefix, target) in enumerate(zip(inputs[start:start + batch_size], targets[start:start + batch_size])):
-            sequence = np.concatenate([prefix, target])
-            length = len(sequence)
-            rows["decoder_target_tokens"][row, :length] = sequence
-            rows["decoder_input_tokens"][row, 1:length] = sequence[:-1]
-            rows["decoder_loss_weights"][row, len(prefix):length] = 1.0
-            rows["decoder_causal_attention"][row, :len(prefix) + 1] = 1
-            rows["decoder_segment_ids"][row, :length] = 1
-            rows["decoder_positions"][row, :length] = np.arange(length)
-        batches.append(rows)
-    return batches
+    return rows.batches(list(zip(inputs, targets)), batch_size=batch_size, seq_len=seq_len, pack=False)
 
 
 def greedy_decode(model: nnx.Module, prompts: Sequence[np.ndarray], *, batch_size: int, max_new_tokens: int,
@@ -240,7 +223,7 @@ def evaluate_task(
     if not decode:
         return result
     prompts, raw = task_prompts(name, split, seq_len=seq_len)
-    width = pipeline.finetune_lengths(seq_len, INPUT_FRACTION)["inputs"]
+    width = finetune_lengths(seq_len, INPUT_FRACTION)["inputs"]
     outputs = greedy_decode(model, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                             prompt_width=width)
     vocabulary = task_vocabulary(name)

@@ -15,6 +15,8 @@ import unicodedata
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import sacrebleu
+from rouge_score import rouge_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,6 @@ def corpus_bleu(
     tokenize: str | None = None,
 ) -> CorpusScore:
     """Corpus BLEU with sacrebleu (one reference per hypothesis); tokenizer from target_lang unless given."""
-    import sacrebleu
-
     hyps, refs = _check_pairs(hypotheses, references)
     tokenizer = tokenize or bleu_tokenizer_for(target_lang)
     if tokenizer not in sacrebleu.BLEU.TOKENIZERS:
@@ -75,8 +75,6 @@ def corpus_chrf(
     hypotheses: Sequence[str], references: Sequence[str], *, word_order: int = 0
 ) -> CorpusScore:
     """Corpus chrF (word_order=0) or chrF++ (word_order=2) with sacrebleu; character-based, any script."""
-    import sacrebleu
-
     if word_order not in (0, 1, 2):
         raise ValueError(f"word_order must be 0 (chrF), 1 or 2 (chrF++), got {word_order!r}")
     hyps, refs = _check_pairs(hypotheses, references)
@@ -146,8 +144,6 @@ def rouge_l(
     tokenizer="default" is rouge-score's English-only tokenizer (ASCII letters and digits only),
     the only one where use_stemmer (Porter, English) is allowed.
     """
-    from rouge_score import rouge_scorer
-
     if tokenizer not in ROUGE_TOKENIZERS:
         raise ValueError(f"unknown ROUGE tokenizer {tokenizer!r}; valid: {ROUGE_TOKENIZERS}")
     if use_stemmer and tokenizer != "default":

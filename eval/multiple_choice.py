@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 # Per (context, continuation) pair: the continuation's per-token log-probs, 1-D, in order.
 ScoreFn = Callable[[Sequence[tuple[str, str]]], Sequence[Any]]
@@ -174,12 +175,8 @@ def score_multiple_choice(
             owner.append((index, c))
 
     log_probs: list[np.ndarray] = []
-    batches = range(0, len(pairs), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc=f"{task.name} {num_shots}-shot", unit="batch")
-    for start in batches:
+    for start in tqdm(range(0, len(pairs), batch_size), desc=f"{task.name} {num_shots}-shot", unit="batch",
+                      disable=not progress):
         chunk = pairs[start : start + batch_size]
         returned = list(score_fn(chunk))
         if len(returned) != len(chunk):

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from data import corpora
 from eval import multiple_choice as mc
 
 CORRUPTION_RATES = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -55,8 +56,6 @@ VALIDATION_PERCENT = 1
 
 def held_out_documents(pair: str = "en-de", corpus: str = "aligned") -> list[str]:
     """The pretraining corpus's held-out validation documents (data.tasks' stable-hash split)."""
-    from data import corpora
-
     return [text for text in corpora.load_monolingual(pair, corpus)
             if text.strip() and zlib.crc32(text.encode("utf-8")) % 100 < VALIDATION_PERCENT]
 
@@ -114,8 +113,6 @@ def corruption_rate(probe_name: str) -> float:
 
 def translation_mc_tasks(pair: str = "en-de", *, num_questions: int = 40, max_chars: int = 80, seed: int = 0) -> list[mc.MCTask]:
     """4-way 'pick the right translation' tasks both ways, from the pair's held-out dev parallel text."""
-    from data import corpora
-
     if num_questions < 4:
         raise ValueError(f"num_questions must be >= 4 (4-way choices, 2-shot demonstrations), got {num_questions}")
     xx = pair.split("-")[1]

@@ -3,10 +3,10 @@
   python -m eval.run --checkpoint=PRETRAIN_WORKDIR [--step=N | --tokens=T] --task=mt_en_de
   python -m eval.run --checkpoint=EXPORT_DIR --task=mt_en_de --adapter=FINETUNE_ADAPTER_DIR --zero_shot
 
---checkpoint is a training workdir (checkpoints/, latest/; default: its last checkpoint) or a
-`python -m train.export` directory (config.json + params/). --adapter loads a finetuning
-adapter (LoRA / soft prompt) onto it with finetune.adapters.load_adapter, so a base model's
-zero-shot quality and a finetuned one's are measured by the same code.
+--checkpoint is a training workdir (checkpoints/, latest/; default: its last checkpoint) or an
+export directory (`python -m checkpoints export`: config.json + params/). --adapter loads a
+finetuning adapter (LoRA / soft prompt) onto it, so a base model's zero-shot quality and a
+finetuned one's are measured by the same code.
 """
 from __future__ import annotations
 
@@ -14,56 +14,47 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from flax import nnx
 
-
-def _last_checkpoint(workdir: Path) -> dict:
-    from train.checkpoints import list_checkpoints
-
-    rows = [r for r in list_checkpoints(workdir) if "error" not in r]
-    if not rows:
-        raise ValueError(f"--checkpoint {workdir} is a training workdir without readable checkpoints")
-    return max(rows, key=lambda r: (r["step"], r["kind"] == "intermediate"))
+from checkpoints.adapters import load_adapter
+from checkpoints.atomic import write_text_atomic
+from checkpoints.exports import CONFIG_FILE, PARAMS_DIR, is_export, load_exported_model
+from checkpoints.load import load_checkpoint_model
+from checkpoints.store import INTERMEDIATE_DIR, LATEST_DIR, last_checkpoint
+from eval import evaluate
 
 
 def load_model(checkpoint: str | Path, *, step: int | None = None,
                tokens: int | None = None) -> tuple[nnx.Module, dict[str, Any]]:
     """(model, provenance) from a training workdir (by step / tokens, default last) or an export."""
-    from train.export import CONFIG_FILE, load_checkpoint_model, load_exported_model
-
     path = Path(checkpoint)
     if not path.exists():
         raise ValueError(f"--checkpoint {checkpoint} does not exist; give a training workdir or an export directory")
-    if (path / CONFIG_FILE).is_file():
+    if is_export(path):
         if step is not None or tokens is not None:
             raise ValueError(f"--checkpoint {checkpoint} is an export (one checkpoint): drop --step/--tokens")
         return load_exported_model(path), {"checkpoint": str(path), "kind": "export"}
-    if (path / "checkpoints").is_dir() or (path / "latest").is_dir():
+    if (path / INTERMEDIATE_DIR).is_dir() or (path / LATEST_DIR).is_dir():
         if step is None and tokens is None:
-            step = _last_checkpoint(path)["step"]
+            step = last_checkpoint(path)["step"]
         model, meta = load_checkpoint_model(path, step=step, tokens=tokens)
         return model, {"checkpoint": str(path), "kind": "workdir", "step": meta.get("step"),
                        "tokens_seen": meta.get("tokens_seen"),
                        "pair": (meta.get("data_position") or {}).get("pair")}
     raise ValueError(
-        f"--checkpoint {checkpoint} is neither a training workdir (checkpoints/ or latest/) nor an "
-        f"export directory ({CONFIG_FILE} + params/)"
+        f"--checkpoint {checkpoint} is neither a training workdir ({INTERMEDIATE_DIR}/ or {LATEST_DIR}/) nor an "
+        f"export directory ({CONFIG_FILE} + {PARAMS_DIR}/)"
     )
 
 
-def apply_adapter(model: nnx.Module, adapter_dir: str | Path) -> nnx.Module:
-    """The base model with a finetuning adapter loaded (finetune.adapters.load_adapter)."""
+def with_adapter(model: nnx.Module, adapter_dir: str | Path) -> nnx.Module:
+    """The base model with a finetuning run's adapter (LoRA / soft prompt) on top."""
     if not Path(adapter_dir).is_dir():
         raise ValueError(f"--adapter {adapter_dir} is not a directory (a finetuning run's saved adapter)")
-    try:
-        from finetune.adapters import load_adapter
-    except ImportError as error:
-        raise ValueError(f"--adapter needs finetune.adapters.load_adapter, which is not available ({error})") from error
     return load_adapter(model, adapter_dir)
 
 
@@ -78,13 +69,11 @@ def _finite(value: Any) -> Any:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load, check, evaluate; the JSON-able report."""
-    from eval import evaluate
-
     evaluate.check_task(args.task)
     model, provenance = load_model(args.checkpoint, step=args.step, tokens=args.tokens)
     evaluate.check_vocabulary(model, args.task, pair=provenance.get("pair"))
     if args.adapter:
-        model = apply_adapter(model, args.adapter)
+        model = with_adapter(model, args.adapter)
         provenance["adapter"] = str(args.adapter)
     options = dict(batch_size=args.batch_size, seq_len=args.seq_len, max_examples=args.max_examples,
                    decode=not args.no_decode, max_new_tokens=args.max_new_tokens)
@@ -128,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = json.dumps(report, indent=2, sort_keys=True)
     if args.output:
-        tmp = f"{args.output}.tmp{os.getpid()}"
-        Path(tmp).write_text(text + "\n")
-        os.replace(tmp, args.output)
+        write_text_atomic(args.output, text + "\n")
     print(text)
     return 0
 

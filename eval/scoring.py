@@ -1,40 +1,73 @@
 """Token log-likelihood of a model on prefix-LM batches: target tokens only (loss weights).
 
-One jitted program per (model graph, batch shape), shared by every call and every model with
-the same structure (FMT, LoRA or soft-prompt models alike), so scoring dev sets repeatedly
-during finetuning or across a study compiles once. Sums are accumulated in float64 on the host.
+`batch_sums` is the one dev-loss step of the project (the trainer jits it with its mesh's
+shardings, finetuning and evaluation on one device) and `likelihood_of_batches` the one loop
+over a dev or test set: per-batch sums on the device, accumulated in float64 on the host with
+the next batch already dispatched. One jitted program per (model graph, batch shape), shared by
+every model of the same structure, so scoring dev sets repeatedly compiles once.
 """
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from eval.metrics import TokenLikelihood, TokenLikelihoodAccumulator
-from model.functional import MODEL_INPUT_KEYS, apply_model
+from eval.metrics import TokenLikelihood
+from data.rows import BATCH_KEYS
+from model.functional import apply_model, split_params
+from model.loss import target_log_probs, weighted_cross_entropy
 
 REQUIRED_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+BatchSums = Callable[[Mapping[str, np.ndarray]], Mapping[str, jax.Array]]
+
+
+def batch_sums(graphdef: nnx.GraphDef, params: dict, rest: nnx.State, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Summed log-likelihood of a batch's target tokens and their summed weight (device scalars)."""
+    logits = apply_model(graphdef, params, rest, batch, deterministic=True)
+    _, parts = weighted_cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+    return {"log_likelihood": -parts["cross_entropy"] * parts["weight_sum"], "weight": parts["weight_sum"]}
+
+
+_batch_sums = jax.jit(batch_sums, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _target_log_probs(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                       batch: dict[str, jax.Array]) -> jax.Array:
-    """log p(target token | prefix) at every position, float32 [B, T] (weights applied on host)."""
-    logits = apply_model(graphdef, params, rest, batch, deterministic=True).astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    targets = batch["decoder_target_tokens"].astype(jnp.int32)
-    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - log_z
+    """log p(target token | prefix) at every position, float32 [B, T]."""
+    logits = apply_model(graphdef, params, rest, batch, deterministic=True)
+    return target_log_probs(logits, batch["decoder_target_tokens"])
 
 
-def _check_batch(batch: Mapping[str, np.ndarray], vocab_size: int) -> dict[str, np.ndarray]:
+def likelihood_of_batches(sums: BatchSums, batches: Iterable[Mapping[str, np.ndarray]]) -> TokenLikelihood:
+    """Corpus token log-likelihood of `batches` from a per-batch `sums` function (batch_sums, jitted
+    however the caller places its arrays); ValueError without batches or target tokens."""
+    total, weight, pending = 0.0, 0.0, None
+    for batch in batches:
+        result = sums(batch)  # dispatched before the previous batch's sums are pulled to the host
+        if pending is not None:
+            total += float(pending["log_likelihood"])
+            weight += float(pending["weight"])
+        pending = result
+    if pending is None:
+        raise ValueError("no batches to score: the split is empty")
+    total += float(pending["log_likelihood"])
+    weight += float(pending["weight"])
+    if weight <= 0:
+        raise ValueError("the batches have no target tokens (all loss weights are zero)")
+    return TokenLikelihood(total, weight)
+
+
+def check_batch(batch: Mapping[str, np.ndarray], vocab_size: int) -> dict[str, np.ndarray]:
+    """The model's input features of a batch; ValueError for missing keys, ragged shapes or ids
+    outside the model's vocabulary (batches of another language pair)."""
     missing = [k for k in REQUIRED_KEYS if k not in batch]
     if missing:
-        raise ValueError(f"batch lacks {missing}; a prefix-LM batch has {list(MODEL_INPUT_KEYS)}")
-    out = {k: np.asarray(v) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+        raise ValueError(f"batch lacks {missing}; a prefix-LM batch has {list(BATCH_KEYS)}")
+    out = {k: np.asarray(v) for k, v in batch.items() if k in BATCH_KEYS}
     shape = out["decoder_input_tokens"].shape
     bad = [k for k, v in out.items() if v.shape != shape]
     if len(shape) != 2 or bad:
@@ -54,8 +87,8 @@ def token_log_probs(model: nnx.Module, batch: Mapping[str, np.ndarray]) -> np.nd
 
     Positions with loss weight 0 (inputs, padding) are computed too; weight them out.
     """
-    features = _check_batch(batch, model.config.vocab_size)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    features = check_batch(batch, model.config.vocab_size)
+    graphdef, params, rest = split_params(model)
     return np.asarray(_target_log_probs(graphdef, params, rest, features))
 
 
@@ -71,16 +104,7 @@ def sequence_log_likelihoods(model: nnx.Module, batch: Mapping[str, np.ndarray])
 
 def score_batches(model: nnx.Module, batches: Iterable[Mapping[str, np.ndarray]]) -> TokenLikelihood:
     """Corpus token log-likelihood over target tokens (loss weights) of all batches: PPL, log-PPL."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    accumulator = TokenLikelihoodAccumulator()
-    pending = None  # dispatch the next batch before pulling the previous one back to the host
-    for batch in batches:
-        features = _check_batch(batch, model.config.vocab_size)
-        result = _target_log_probs(graphdef, params, rest, features)
-        if pending is not None:
-            accumulator.add(np.asarray(pending[0], np.float64), pending[1])
-        pending = (result, features["decoder_loss_weights"])
-    if pending is None:
-        raise ValueError("score_batches got no batches: nothing to score")
-    accumulator.add(np.asarray(pending[0], np.float64), pending[1])
-    return accumulator.result()
+    graphdef, params, rest = split_params(model)
+    vocab_size = model.config.vocab_size
+    return likelihood_of_batches(
+        lambda batch: _batch_sums(graphdef, params, rest, check_batch(batch, vocab_size)), batches)

@@ -13,23 +13,25 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sentencepiece as spm
 from flax import nnx
 
-PAD_ID, EOS_ID = 0, 1
+from data.rows import empty_rows, place_example
+from data.vocab import EOS_ID, vocab_path
+from model.functional import split_params
+from model.loss import target_log_probs
+
 MODE_TOKEN = "[S2S]"
 _COMPILED: dict[Any, Callable] = {}
 
 
 def encode_rows(prefixes: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *, seq_len: int,
                 mode_id: int, eos_id: int = EOS_ID) -> dict[str, np.ndarray]:
-    """seqio PrefixLM features [rows, seq_len] for (prefix, target) id lists; prefixes are cut from the left to fit."""
+    """seqio PrefixLM features [rows, seq_len] for (prefix, target) id lists, one per row:
+    [mode] + prefix + EOS is the bidirectional prefix; prefixes are cut from the left to fit."""
     if len(prefixes) != len(targets):
         raise ValueError(f"{len(prefixes)} prefixes but {len(targets)} targets")
-    rows = len(prefixes)
-    out = {k: np.zeros((rows, seq_len), np.int32) for k in (
-        "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids", "decoder_positions",
-        "decoder_causal_attention")}
-    out["decoder_loss_weights"] = np.zeros((rows, seq_len), np.float32)
+    out = empty_rows(len(prefixes), seq_len)
     for r, (prefix, target) in enumerate(zip(prefixes, targets)):
         target = [int(t) for t in target]
         if not target:
@@ -38,15 +40,7 @@ def encode_rows(prefixes: Sequence[Sequence[int]], targets: Sequence[Sequence[in
         if room < 0:
             raise ValueError(f"row {r}: target of {len(target)} tokens does not fit seq_len={seq_len} (needs <= {seq_len - 2})")
         prefix = [int(t) for t in prefix][max(len(prefix) - room, 0):]
-        inputs = [mode_id, *prefix, eos_id]
-        full = inputs + target
-        n = len(full)
-        out["decoder_target_tokens"][r, :n] = full
-        out["decoder_input_tokens"][r, 1:n] = full[:-1]
-        out["decoder_loss_weights"][r, len(inputs):n] = 1.0
-        out["decoder_segment_ids"][r, :n] = 1
-        out["decoder_positions"][r, :n] = np.arange(n)
-        out["decoder_causal_attention"][r, : len(inputs) + 1] = 1  # seqio: inputs plus one position
+        place_example(out, r, 0, 1, [mode_id, *prefix, eos_id], target)
     return out
 
 
@@ -69,10 +63,9 @@ def _compiled(graphdef: nnx.GraphDef) -> Callable:
             hidden = model.hidden_and_cache(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
                                             batch["decoder_positions"], batch["decoder_causal_attention"], True)[0]
             hidden = jnp.take_along_axis(hidden[:, model.prompt_length:], positions[..., None], axis=1)
-            logits = model.logits(hidden).astype(jnp.float32)
+            logits = model.logits(hidden)
             targets = jnp.take_along_axis(batch["decoder_target_tokens"], positions, axis=1)
-            # target logit - logsumexp: half the cost of a full log_softmax on CPU
-            return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+            return target_log_probs(logits, targets)
 
         _COMPILED[graphdef] = log_probs
     return _COMPILED[graphdef]
@@ -88,7 +81,7 @@ class TokenScorer:
     def __init__(self, model: nnx.Module, *, batch_size: int = 32):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.graphdef, params, self.rest = split_params(model)
         self.params = nnx.to_pure_dict(params)
         self.config = model.config
         self.batch_size = batch_size
@@ -124,10 +117,6 @@ class TokenScorer:
 
 def load_tokenizer(pair: str = "en-de"):
     """The pair's SentencePiece processor (T5 ids; no TensorFlow import)."""
-    import sentencepiece as spm
-
-    from data.vocab import vocab_path
-
     return spm.SentencePieceProcessor(model_file=str(vocab_path(pair)))
 
 
@@ -153,10 +142,3 @@ def text_score_fn(scorer: TokenScorer, tokenizer, *, seq_len: int = 256) -> Call
         return [lp[r][weights[r]].astype(np.float64) for r in range(len(pairs))]
 
     return score
-
-
-def checkpoint_params(workdir: str | Path, step: int) -> tuple[Any, dict, dict]:
-    """(ModelConfig, params, meta) of one intermediate checkpoint (train.export)."""
-    from train.export import load_checkpoint_params
-
-    return load_checkpoint_params(workdir, step=step)

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib import ticker
 from scipy import stats
 
 from eval import trends
+from eval.figures import new_figure, save_png
 from eval.trajectory_data import SizeScores
 
 
@@ -77,23 +79,9 @@ def plot_trends(scores: Mapping[str, SizeScores], summary: TrendSummary, out_dir
 # --- plotting helper ----------------------------------------------------------------------
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
 def _plain_log_labels(axis, limits: tuple[float, float]) -> None:
     """Log-axis tick labels as plain "%.3g" text (mathtext labels cost seconds per figure on a busy
     CPU); minor ticks are labelled only when the axis spans less than a decade."""
-    from matplotlib import ticker
-
     plain = ticker.FuncFormatter(lambda value, _: f"{value:.3g}")
     axis.set_major_formatter(plain)
     low, high = sorted(limits)
@@ -107,14 +95,9 @@ def plot_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequenc
     """One panel per key of `panels`, one line per series {name: (x, y)}; optional dashed fitted curves.
 
     x_label: one label, or one per panel title; columns: panels per row (default all in one row)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = min(columns or len(panels), len(panels))
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.5 * rows), squeeze=False)
+    fig, axes = new_figure(rows, columns, panel_size=(4.4, 3.5))
     for axis in axes.flat[len(panels):]:
         axis.set_visible(False)
     for axis, (title, series) in zip(axes.flat, panels.items()):
@@ -137,7 +120,7 @@ def plot_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequenc
             axis.invert_xaxis()
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- hallucinated vs real text ------------------------------------------------------------

@@ -8,10 +8,11 @@ and "info|model" / "info|params" (size name, non-embedding parameters).
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
+
+from checkpoints.atomic import atomic_path
 
 MC_FIELDS = ("accuracy", "grade", "correct_option_ppl", "incorrect_option_ppl")
 
@@ -67,10 +68,8 @@ class ScoreFile:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, **self.arrays)
-        os.replace(tmp, self.path)
 
 
 def _complete(arrays: dict[str, np.ndarray], kind: str, steps: list[int]) -> dict[str, str]:

@@ -14,20 +14,27 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from flax import nnx
+from tqdm import tqdm
 
+from checkpoints.load import load_checkpoint_params
+from checkpoints.store import INTERMEDIATE_DIR, LATEST_DIR, intermediate_checkpoints
 from eval import multiple_choice as mc
 from eval.probes import Probe, task_fingerprint
+from eval.token_scoring import TokenScorer, encode_rows, mode_id, text_score_fn
 from eval.trajectory_data import MC_FIELDS, ScoreFile, SizeScores, lp_key, mc_key
-from eval.token_scoring import TokenScorer, checkpoint_params, encode_rows, mode_id, text_score_fn
+from model.config import ModelConfig
+from model.functional import split_params
+from model.methods import build_model
+from model.sizes import count_params
 
 log = logging.getLogger(__name__)
-CHECKPOINTS_DIR = "checkpoints"
 _SKELETONS: dict[str, tuple] = {}  # model config JSON -> (graphdef, non-parameter state)
 
 
 def is_workdir(path: Path) -> bool:
     """A pretraining workdir: has intermediate checkpoints/<step>/ directories."""
-    directory = Path(path) / CHECKPOINTS_DIR
+    directory = Path(path) / INTERMEDIATE_DIR
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
@@ -46,22 +53,12 @@ def discover_workdirs(path: str | Path, max_depth: int = 3) -> dict[str, Path]:
             for child in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 if is_workdir(child):
                     found[str(child.relative_to(root))] = child
-                elif child.name not in (CHECKPOINTS_DIR, "latest", "tensorboard"):
+                elif child.name not in (INTERMEDIATE_DIR, LATEST_DIR, "tensorboard"):
                     children.append(child)
         frontier = children
     if not found:
-        raise ValueError(f"no pretraining workdir (a directory with {CHECKPOINTS_DIR}/<step>/) under {root}")
+        raise ValueError(f"no pretraining workdir (a directory with {INTERMEDIATE_DIR}/<step>/) under {root}")
     return found
-
-
-def intermediate_checkpoints(workdir: str | Path) -> list[dict]:
-    """Readable intermediate checkpoints of a workdir (step, tokens, dev_loss, model), by step."""
-    from train.checkpoints import list_checkpoints
-
-    rows = [r for r in list_checkpoints(workdir) if r["kind"] == "intermediate" and "error" not in r]
-    if not rows:
-        raise ValueError(f"{workdir} has no readable intermediate checkpoints")
-    return sorted(rows, key=lambda r: r["step"])
 
 
 def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | Path, *, label: str | None = None,
@@ -79,17 +76,12 @@ def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | 
     features = {}
     scorer = None
     config = None
-    iterator = rows
-    if progress:  # a bar with ETA over the checkpoints (DESIGN: every long loop)
-        from tqdm import tqdm
-
-        iterator = tqdm(rows, desc=f"trajectories {label or Path(workdir).name}", unit="ckpt")
-    for row in iterator:
+    for row in tqdm(rows, desc=f"trajectories {label or Path(workdir).name}", unit="ckpt", disable=not progress):
         step = row["step"]
         todo_probes = [p for p in probes if lp_key(p.name, p.fingerprint(), step) not in store]
         todo_tasks = [t for t in tasks if mc_key(t.name, fingerprints[t.name], step) not in store]
         if config is None or todo_probes or todo_tasks:
-            config, params, _ = checkpoint_params(workdir, step)
+            config, params, _ = load_checkpoint_params(workdir, step=step)
         if not (todo_probes or todo_tasks):
             continue
         started = time.perf_counter()
@@ -127,29 +119,23 @@ def score_workdir(workdir: str | Path, probes: Sequence[Probe], out_path: str | 
     )
 
 
-def _non_embedding(config) -> int:
-    from model.sizes import count_params
-
+def _non_embedding(config: ModelConfig) -> int:
     return int(count_params(config)["non_embedding"])
 
 
-def model_from_params(config, params: dict):
+def model_from_params(config: ModelConfig, params: dict) -> nnx.Module:
     """A Transformer with these params; the module skeleton (graph + RNG state) is built once per config."""
-    from flax import nnx
-
     key = json.dumps(config.to_dict(), sort_keys=True)
     if key not in _SKELETONS:
-        from train.export import build_model
-
         model = build_model(config, params)
-        graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+        graphdef, _, rest = split_params(model)
         _SKELETONS[key] = (graphdef, rest)
         return model
     graphdef, rest = _SKELETONS[key]
     return nnx.merge(graphdef, params, rest)
 
 
-def load_model(workdir: str | Path, step: int):
+def load_model(workdir: str | Path, step: int) -> nnx.Module:
     """The Transformer of one checkpoint (for contrastive decoding)."""
-    config, params, _ = checkpoint_params(workdir, step)
+    config, params, _ = load_checkpoint_params(workdir, step=step)
     return model_from_params(config, params)

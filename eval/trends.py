@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from eval.figures import new_figure, save_png
+
 CLASSES = ("stagnated", "upward", "downward", "other")
 STAGNATED, UPWARD, DOWNWARD, OTHER = range(4)
 REGRESSORS = ("index", "log_step")
@@ -199,12 +201,7 @@ def plot_mean_trajectories(
     log_x: bool = True,
 ) -> Path:
     """One panel per class: each size's mean trajectory against x (e.g. validation ppl, tokens, FLOPs); writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(CLASSES) - 1, figsize=(4.2 * (len(CLASSES) - 1), 3.4), squeeze=False)
+    fig, axes = new_figure(1, len(CLASSES) - 1, panel_size=(4.2, 3.4))
     for axis, name in zip(axes[0], CLASSES[:-1]):
         for size, per_class in trajectories.items():
             y = np.asarray(per_class[name])
@@ -221,11 +218,4 @@ def plot_mean_trajectories(
             axis.invert_xaxis()  # training progresses as validation ppl falls
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
-    fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(target)
-    return target
+    return save_png(fig, path)

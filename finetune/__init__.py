@@ -1,1 +1,2 @@
-"""Finetuning: PET methods, the finetuning job, the study runner and its results store."""
+"""Finetuning: one run (config, the method's model, the loop, its result and artifacts) from a
+pretraining checkpoint; `python -m finetune.run`. The study runs many of them."""

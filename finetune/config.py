@@ -12,7 +12,13 @@ from typing import Any
 
 import gin
 
-METHODS = ("fmt", "lora", "prompt")
+from checkpoints.load import read_checkpoint_meta
+from data import tasks
+from data.vocab import vocab_path
+from model.config import ModelConfig
+from model.methods import MethodSpec
+from model.variables import METHODS
+
 # Method default peak learning rates. FMT and prompt use Adafactor's parameter-scale
 # multiplication (relative steps: 1e-3 as t5x finetuning; 0.3 for the prompt as Lester et al.
 # 2021); LoRA does not, because B starts at zero, where a parameter-scaled step is ~lr * 1e-3
@@ -29,7 +35,7 @@ class CheckpointInfo:
     kind: str
     step: int
     tokens_seen: int
-    model_config: Any  # model.config.ModelConfig
+    model_config: ModelConfig
     corpus: str
     pair: str | None
 
@@ -81,9 +87,12 @@ class FinetuneConfig:
         return bool(self.parameter_scale) if self.parameter_scale is not None else DEFAULT_PARAMETER_SCALE[self.method]
 
     @property
-    def pet_size(self) -> int:
-        """LoRA rank, prompt length, or 0 for FMT (the results store's pet_size column)."""
-        return {"fmt": 0, "lora": self.lora_rank, "prompt": self.prompt_length}[self.method]
+    def method_spec(self) -> MethodSpec:
+        """The method and its size (sizes of other methods are ignored): what decides the model structure."""
+        return MethodSpec(method=self.method,
+                          lora_rank=self.lora_rank if self.method == "lora" else 0,
+                          lora_alpha=float(self.lora_alpha) if self.method == "lora" else 8.0,
+                          prompt_length=self.prompt_length if self.method == "prompt" else 0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict: the run's results key (the workdir made absolute, irrelevant sizes dropped)."""
@@ -143,23 +152,15 @@ class FinetuneConfig:
 
     def resolve_checkpoint(self) -> CheckpointInfo:
         """The checkpoint this config names; ValueError if the workdir or checkpoint is missing."""
-        from model.config import ModelConfig
-        from train.checkpoints import CheckpointStore, find_checkpoint
-
         workdir = Path(self.pretrain_workdir)
         if not workdir.is_dir():
             raise ValueError(f"FinetuneConfig.pretrain_workdir={self.pretrain_workdir!r} does not exist; "
                              "give a train.pretrain workdir (with checkpoints/)")
-        kind, step = find_checkpoint(workdir, step=self.checkpoint_step, tokens=self.checkpoint_tokens)
-        store = CheckpointStore(workdir, read_only=True)
-        try:
-            meta = store.read_meta(kind, step)
-        finally:
-            store.close()
+        meta = read_checkpoint_meta(workdir, step=self.checkpoint_step, tokens=self.checkpoint_tokens)
         position = meta.get("data_position") or {}
         corpus = position.get("corpus", position.get("source", "unknown"))
         corpus = corpus if isinstance(corpus, str) else "+".join(f"{k}:{v:g}" for k, v in sorted(corpus.items()))
-        return CheckpointInfo(workdir=str(workdir.absolute()), kind=kind, step=int(meta["step"]),
+        return CheckpointInfo(workdir=str(workdir.absolute()), kind=meta["kind"], step=int(meta["step"]),
                               tokens_seen=int(meta["tokens_seen"]),
                               model_config=ModelConfig.from_dict(meta["model_config"]),
                               corpus=corpus or "unknown", pair=position.get("pair"))
@@ -169,8 +170,6 @@ class FinetuneConfig:
         the bad value: unknown method, LoRA rank above the layer width, prompt + sequence longer than
         the model's max_len, Df larger than the train split, missing checkpoint, task vocabulary
         different from the checkpoint's."""
-        from data import tasks
-
         self.validate_fields()
         if self.task not in tasks.FINETUNE_EXAMPLES:
             raise ValueError(f"unknown finetuning task {self.task!r}; valid: {sorted(tasks.FINETUNE_EXAMPLES)}")
@@ -194,7 +193,6 @@ class FinetuneConfig:
                              f"model has vocab_size={model.vocab_size} (pretrained on pair {info.pair!r}); "
                              "finetune a checkpoint pretrained with the task's language pair")
         if info.pair is not None:
-            from data.vocab import vocab_path
             if Path(vocabulary.sentencepiece_model_file).resolve() != vocab_path(info.pair).resolve():
                 raise ValueError(f"task {self.task!r} uses vocabulary {vocabulary.sentencepiece_model_file} but the "
                                  f"checkpoint was pretrained on pair {info.pair!r} ({vocab_path(info.pair)}); "

@@ -8,20 +8,26 @@ share those compile once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm.auto import tqdm
 
-from finetune.methods import MethodSpec, split_model, tree_bytes, tree_size
-from train.optimizer import learning_rate_schedule, make_optimizer, weighted_cross_entropy
-from model.functional import MODEL_INPUT_KEYS, apply_model
-from train.step import make_eval_step
+from eval.scoring import batch_sums, likelihood_of_batches
+from finetune.costs import tree_bytes, tree_size
+from data.rows import BATCH_KEYS
+from model.functional import apply_model
+from model.loss import weighted_cross_entropy
+from model.methods import MethodSpec, split_trainable
+from train.optimizer import learning_rate_schedule, make_optimizer
 
 Batch = dict[str, np.ndarray]
 
@@ -41,7 +47,6 @@ _COMPILED: dict[tuple, CompiledSteps] = {}
 
 def _optimizer_key() -> tuple:
     """The gin bindings of make_optimizer: a change of them must not reuse a cached optimizer."""
-    import gin
     try:
         return tuple(sorted((k, repr(v)) for k, v in gin.get_bindings("make_optimizer").items()))
     except (ValueError, KeyError):
@@ -82,33 +87,24 @@ def compiled_steps(model: nnx.Module, spec: MethodSpec, *, parameter_scale: bool
     dropout = model.config.dropout_rate > 0
     key = (model.config, spec, dropout, bool(parameter_scale), _optimizer_key())
     if key not in _COMPILED:
-        graphdef, _, _ = split_model(model, spec.method)
+        graphdef, _, _ = split_trainable(model, spec.method)
         optimizer = make_optimizer(1.0, multiply_by_parameter_scale=bool(parameter_scale))
         _COMPILED[key] = CompiledSteps(
             optimizer=optimizer,
             init_opt=jax.jit(optimizer.init),
             train_step=jax.jit(make_finetune_step(graphdef, optimizer, dropout=dropout), donate_argnums=(1,)),
-            eval_step=jax.jit(make_eval_step(graphdef)),
+            eval_step=jax.jit(functools.partial(batch_sums, graphdef)),
         )
     return _COMPILED[key]
 
 
 def model_inputs(batch: Batch) -> Batch:
-    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    return {k: batch[k] for k in BATCH_KEYS if k in batch}
 
 
 def dev_log_ppl(eval_step: Callable, params: dict, rest: nnx.State, batches: Sequence[Batch]) -> float:
     """Token-level mean negative log-likelihood over the target tokens of `batches`."""
-    if not batches:
-        raise ValueError("no dev batches: the task's validation split is empty")
-    ce_sum, weight = 0.0, 0.0
-    for batch in batches:
-        out = eval_step(params, rest, model_inputs(batch))
-        ce_sum += float(out["ce_sum"])
-        weight += float(out["weight_sum"])
-    if weight <= 0:
-        raise ValueError("dev batches have no target tokens (all loss weights are zero)")
-    return ce_sum / weight
+    return likelihood_of_batches(lambda batch: eval_step(params, rest, model_inputs(batch)), batches).log_ppl
 
 
 @dataclasses.dataclass
@@ -135,6 +131,42 @@ def learning_rates(total_steps: int, peak: float, final_fraction: float) -> np.n
     return np.asarray([float(schedule(step)) for step in range(total_steps)], np.float32)
 
 
+@dataclasses.dataclass
+class DevSelection:
+    """Model selection as Zhang et al. select: the params with the lowest dev log-PPL (ties: the
+    earliest), and early stopping after `patience` evaluations in a row without a new best."""
+
+    patience: int | None
+    best_step: int = 0
+    best_log_ppl: float = math.inf
+    best_params: Any = None
+    since_best: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    def observe(self, step: int, log_ppl: float, params: Any, train_loss: float) -> bool:
+        """Record one evaluation; True when patience has run out."""
+        self.history.append({"step": step, "dev_log_ppl": log_ppl, "dev_ppl": math.exp(min(log_ppl, 700.0)),
+                             "train_loss": train_loss})
+        if log_ppl < self.best_log_ppl:
+            self.best_step, self.best_log_ppl, self.best_params, self.since_best = step, log_ppl, params, 0
+        else:
+            self.since_best += 1
+        return self.patience is not None and self.since_best >= self.patience
+
+    @property
+    def best_dev_ppl(self) -> float:
+        return math.exp(min(self.best_log_ppl, 700.0))
+
+
+def _check_loop_args(total_steps: int, eval_every_steps: int, patience: int | None) -> None:
+    if total_steps < 1:
+        raise ValueError("no training batches: the finetuning subset produced no batches")
+    if eval_every_steps < 1:
+        raise ValueError(f"eval_every_steps={eval_every_steps!r} must be >= 1")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience={patience!r} must be None or >= 1")
+
+
 def finetune_loop(
     model: nnx.Module,
     spec: MethodSpec,
@@ -150,23 +182,15 @@ def finetune_loop(
     progress: bool = True,
     log: Callable[[dict], None] | None = None,
 ) -> LoopResult:
-    """Train `model` (from methods.build_model) on `train_batches` (one step each, in order).
+    """Train `model` (from model.methods.build_model) on `train_batches` (one step each, in order).
 
     Dev PPL is measured every `eval_every_steps` steps and after the last; the params with the
-    lowest dev PPL are returned (ties: the earliest). With `patience`, training stops after that
-    many evaluations in a row without a new best. The input model is left untouched.
+    lowest dev PPL are returned (DevSelection). The input model is left untouched.
     """
-    from tqdm.auto import tqdm
-
     total_steps = len(train_batches)
-    if total_steps < 1:
-        raise ValueError("no training batches: the finetuning subset produced no batches")
-    if eval_every_steps < 1:
-        raise ValueError(f"eval_every_steps={eval_every_steps!r} must be >= 1")
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience={patience!r} must be None or >= 1")
+    _check_loop_args(total_steps, eval_every_steps, patience)
     steps = compiled_steps(model, spec, parameter_scale=parameter_scale)
-    graphdef, params, rest = split_model(model, spec.method)
+    graphdef, params, rest = split_trainable(model, spec.method)
     # One plain device placement for everything: arrays restored on a mesh carry its axes in their
     # sharding, the step's outputs would not match its inputs and the second step would recompile.
     device = jax.local_devices()[0]
@@ -175,10 +199,9 @@ def finetune_loop(
     opt_state = jax.device_put(steps.init_opt(params), device)
     rates = learning_rates(total_steps, peak_learning_rate, final_learning_fraction)
     base_key = jax.random.key(seed)
-    best = {"step": 0, "log_ppl": math.inf, "params": params}
-    history: list[dict] = []
+    selection = DevSelection(patience, best_params=params)
     losses: list[float] = []
-    since_best, stopped_early, step = 0, False, 0
+    stopped_early, step = False, 0
     started = time.perf_counter()
     bar = tqdm(total=total_steps, desc=f"finetune {spec.method}", unit="step", disable=not progress,
                dynamic_ncols=True)
@@ -197,25 +220,17 @@ def finetune_loop(
                       "grad_norm": float(metrics["grad_norm"])}
             if step % eval_every_steps == 0 or step == total_steps:
                 log_ppl = dev_log_ppl(steps.eval_step, params, rest, dev_batches)
-                record.update(dev_log_ppl=log_ppl, dev_ppl=math.exp(min(log_ppl, 700.0)))
-                history.append({"step": step, "dev_log_ppl": log_ppl, "dev_ppl": record["dev_ppl"], "train_loss": loss})
-                if log_ppl < best["log_ppl"]:
-                    best, since_best = {"step": step, "log_ppl": log_ppl, "params": params}, 0
-                else:
-                    since_best += 1
-                bar.set_postfix(loss=f"{loss:.3f}", dev_ppl=f"{record['dev_ppl']:.2f}", best=best["step"])
-                if patience is not None and since_best >= patience and step < total_steps:
-                    stopped_early = True
+                stopped_early = selection.observe(step, log_ppl, params, loss) and step < total_steps
+                record.update(dev_log_ppl=log_ppl, dev_ppl=selection.history[-1]["dev_ppl"])
+                bar.set_postfix(loss=f"{loss:.3f}", dev_ppl=f"{record['dev_ppl']:.2f}", best=selection.best_step)
             if log is not None:
                 log(record)
             if stopped_early:
                 break
     finally:
         bar.close()
-    elapsed = time.perf_counter() - started
-    best_model = nnx.merge(graphdef, best["params"], rest)
     return LoopResult(
-        model=best_model, best_step=best["step"], best_dev_ppl=math.exp(min(best["log_ppl"], 700.0)),
-        history=history, train_losses=losses, steps_run=step, total_steps=total_steps,
-        stopped_early=stopped_early, trainable_params=tree_size(params),
-        optimizer_state_bytes=tree_bytes(opt_state), seconds_per_step=elapsed / max(step, 1))
+        model=nnx.merge(graphdef, selection.best_params, rest), best_step=selection.best_step,
+        best_dev_ppl=selection.best_dev_ppl, history=selection.history, train_losses=losses, steps_run=step,
+        total_steps=total_steps, stopped_early=stopped_early, trainable_params=tree_size(params),
+        optimizer_state_bytes=tree_bytes(opt_state), seconds_per_step=(time.perf_counter() - started) / max(step, 1))

@@ -93,7 +93,7 @@ def run_fit(args) -> int:
                           f"{int(b.converged.sum())} converged), {int(b.level * 100)}% intervals:")
                     print(b.intervals().to_string())
     if args.plot:
-        from .plots import plot_report
+        from .plots import plot_report  # matplotlib only when a plot is asked for: the CLI starts fast
         path = plot_report(df, results, args.x, args.y, args.plot, by=args.by, holdout=args.holdout)
         print(f"plot saved to {path}", file=sys.stderr)
     bad = [r for r in results if not r.converged]

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .fit import fit_law
+from .forms import get_law
 
 __all__ = ["extrapolation_check", "MonotonicityReport", "misalignment_check"]
 
@@ -25,7 +26,6 @@ def extrapolation_check(law: str, dp, y, *, ks=None, residual: str = "log", delt
     order = np.argsort(dp, kind="stable")
     dp, y = dp[order], y[order]
     sizes = np.unique(dp)
-    from .forms import get_law
     n_params = get_law(law).n_params
     if ks is None:
         ks = range(n_params + 1, len(sizes))

@@ -16,7 +16,9 @@ import pandas as pd
 
 from .fit import FitResult, check_inputs, heldout_mask, optimise, results_table, _jsonable
 from .forms import LAWS, Law, _lse_const
-from .optimize import Objective
+from ._threads import single_threaded_blas
+from .bootstrap import BootstrapResult
+from .optimize import Objective, batched_lbfgs
 
 __all__ = ["JointFit", "fit_joint", "bootstrap_joint", "joint_law", "fixed_shared_law"]
 
@@ -184,8 +186,6 @@ def bootstrap_joint(jf: JointFit, data: dict, *, n_resamples: int = 200, seed: i
     """Bootstrap the joint fit: resample each factor's fit points with replacement, refit all
     resamples together (shared beta, E tied), return factor -> BootstrapResult of the
     multiplicative law, usable with `critical_df`."""
-    from .bootstrap import BootstrapResult
-
     t0 = time.perf_counter()
     if n_resamples < 2:
         raise ValueError(f"n_resamples must be >= 2, got {n_resamples}")
@@ -209,8 +209,6 @@ def bootstrap_joint(jf: JointFit, data: dict, *, n_resamples: int = 200, seed: i
     r0 = next(iter(jf.factors.values()))
     obj = Objective(law, np.log(np.vstack(xs)), np.concatenate(ys), residual=r0.residual, delta=r0.delta,
                     weights=np.hstack(ws))
-    from ._threads import single_threaded_blas
-    from .optimize import batched_lbfgs
     with single_threaded_blas():
         run = batched_lbfgs(obj, np.tile(np.asarray(jf.theta), (n_resamples, 1)), prune=(), max_iter=2000,
                             per_start_weights=True, ftol=1e-13, gtol=1e-8)

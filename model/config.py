@@ -1,16 +1,18 @@
-"""ModelConfig: the shape and numerics of a decoder-only MQA/GQA transformer (gin-configurable)."""
+"""ModelConfig: the shape and numerics of a decoder-only MQA/GQA transformer.
+
+A plain dataclass: gin files configure it by dynamic registration
+(`model.config.ModelConfig.d_model = 192`, gin_configs/models/*.gin), so this package needs no gin.
+"""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-import gin
 import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-@gin.configurable(module="model")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Hyperparameters of the decoder; invalid combinations raise ValueError naming the field.

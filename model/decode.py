@@ -3,10 +3,12 @@
 One jitted program per (model structure, shapes, options): a prefill over the right-padded
 prompts fills the cache, then a lax.while_loop emits one token per row per step until every
 row has produced EOS or max_new_tokens. With MQA the cache holds one K/V head per layer.
+`prefill` and `extend` are the two halves, for decoders of their own (contrastive decoding).
 """
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,49 +34,64 @@ def _select(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: ja
     return jax.lax.cond(temperature > 0, sample, lambda _: greedy, None)
 
 
+class KVCache(NamedTuple):
+    """Per layer, the rotated keys and the values [B, cache_len, K, D] of every position so far."""
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+
+
+def prefill(model: nnx.Module, tokens: jax.Array, lengths: jax.Array, prefix_bidirectional: jax.Array,
+            cache_len: int) -> tuple[jax.Array, KVCache]:
+    """Run the right-padded prompts (padding = segment 0) through the model: the logits that
+    predict each row's next token, and the cache padded to `cache_len` positions (soft prompt
+    included). Call inside jit."""
+    batch, prompt_len = tokens.shape
+    soft = model.prompt_length
+    segment_ids = (jnp.arange(prompt_len)[None, :] < lengths[:, None]).astype(jnp.int32)
+    causal_attention = segment_ids * prefix_bidirectional.astype(jnp.int32)
+    hidden, keys, values = model.hidden_and_cache(tokens, segment_ids, None, causal_attention, True)
+    logits = model.logits(hidden[jnp.arange(batch), soft + lengths - 1])
+    pad = ((0, 0), (0, cache_len - soft - prompt_len), (0, 0), (0, 0))
+    return logits, KVCache(tuple(jnp.pad(k, pad) for k in keys), tuple(jnp.pad(v, pad) for v in values))
+
+
+def extend(model: nnx.Module, token: jax.Array, slot: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Feed one token per row, written at cache index `slot[b]` (= its RoPE position); it attends
+    to every cached position up to its own. The logits predicting the next token, and the cache."""
+    cache_len = cache.keys[0].shape[1]
+    key_mask = (jnp.arange(cache_len)[None, :] <= slot[:, None])[:, None, :]
+    x = model.embed(token[:, None])
+    keys, values = [], []
+    for layer, block in enumerate(model.blocks):
+        x, k, v = block.decode(x, slot[:, None], cache.keys[layer], cache.values[layer], slot, key_mask)
+        keys.append(k)
+        values.append(v)
+    return model.logits(x[:, 0]), KVCache(tuple(keys), tuple(values))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _generate(graphdef, state, tokens, lengths, key, eos_id, temperature, top_k, prefix_bidirectional, *, max_new_tokens):
     model = nnx.merge(graphdef, state)
     batch, prompt_len = tokens.shape
-    soft = model.prompt_length
-    cache_len = soft + prompt_len + max_new_tokens
-    rows = jnp.arange(batch)
-
-    # Prefill: the prompts (padding marked as segment 0) through the full model.
-    segment_ids = (jnp.arange(prompt_len)[None, :] < lengths[:, None]).astype(jnp.int32)
-    causal_attention = segment_ids * prefix_bidirectional.astype(jnp.int32)
-    hidden, keys, values = model.hidden_and_cache(tokens, segment_ids, None, causal_attention, True)
-    logits = model.logits(hidden[rows, soft + lengths - 1])
-    pad = ((0, 0), (0, cache_len - soft - prompt_len), (0, 0), (0, 0))
-    cache_k = tuple(jnp.pad(k, pad) for k in keys)
-    cache_v = tuple(jnp.pad(v, pad) for v in values)
-    slots = jnp.arange(cache_len)
+    first_slot = model.prompt_length + lengths  # where the first new token goes
+    logits, cache = prefill(model, tokens, lengths, prefix_bidirectional,
+                            model.prompt_length + prompt_len + max_new_tokens)
 
     def cond(carry):
-        step, _, _, _, done, _ = carry
+        step, _, _, done, _ = carry
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        step, logits, cache_k, cache_v, done, out = carry
+        step, logits, cache, done, out = carry
         token = _select(logits, jax.random.fold_in(key, step), temperature, top_k)
         token = jnp.where(done, 0, token)
         out = out.at[:, step].set(token)
         done = done | (token == eos_id)
-        # Feed the new token: it sits at sequence index soft + length + step (= its RoPE position).
-        slot = soft + lengths + step
-        key_mask = (slots[None, :] <= slot[:, None])[:, None, :]
-        x = model.embed(token[:, None])
-        new_k, new_v = [], []
-        for layer, block in enumerate(model.blocks):
-            x, k, v = block.decode(x, slot[:, None], cache_k[layer], cache_v[layer], slot, key_mask)
-            new_k.append(k)
-            new_v.append(v)
-        next_logits = model.logits(x[:, 0])
-        return step + 1, next_logits, tuple(new_k), tuple(new_v), done, out
+        logits, cache = extend(model, token, first_slot + step, cache)
+        return step + 1, logits, cache, done, out
 
     out = jnp.zeros((batch, max_new_tokens), jnp.int32)
-    done = jnp.zeros((batch,), bool)
-    carry = (jnp.int32(0), logits, cache_k, cache_v, done, out)
+    carry = (jnp.int32(0), logits, cache, jnp.zeros((batch,), bool), out)
     return jax.lax.while_loop(cond, body, carry)[-1]
 
 

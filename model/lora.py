@@ -40,11 +40,9 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
     The result has the structure of a model built with `lora=None` (so base checkpoints and
     code that expects a plain model work) and the same outputs up to float rounding.
     """
-    from model.layers import Projection  # local import: layers imports this module
-
     merged = nnx.clone(model)
     for _, module in nnx.iter_modules(merged):
-        if isinstance(module, Projection) and module.lora_a is not None:
+        if getattr(module, "lora_a", None) is not None:  # a model.layers.Projection with LoRA
             kernel = module.kernel[...]
             a = module.lora_a[...].astype(jnp.float32).reshape(-1, module.lora_a.shape[-1])
             b = module.lora_b[...].astype(jnp.float32).reshape(module.lora_b.shape[0], -1)

@@ -11,6 +11,7 @@ from model.attention import Attention, make_attention_mask
 from model.config import ModelConfig
 from model.layers import GatedGeluMLP, RMSNorm, truncated_normal
 from model.lora import LoRAConfig
+from model.prompt import sample_vocab_rows
 from model.variables import PromptParam, make_param
 
 
@@ -78,9 +79,9 @@ class Transformer(nnx.Module):
             )
         self.prompt = nnx.data(None)
         if prompt_length > 0:
-            # Start from embeddings of sampled vocabulary rows (prompt-tuning's vocab init);
-            # model.prompt.init_prompt_from_vocab redoes this after loading pretrained weights.
-            rows = jax.random.randint(rngs.params(), (prompt_length,), 0, min(5000, config.vocab_size))
+            # Embeddings of sampled vocabulary rows (prompt tuning's init); finetuning redoes it
+            # with model.prompt.init_prompt_from_vocab after loading the pretrained embeddings.
+            rows = sample_vocab_rows(rngs.params(), prompt_length, config.vocab_size)
             self.prompt = make_param(self.embedding[...][rows], ("prompt", "embed"), PromptParam)
 
     # ---- pieces shared by the full forward and decoding ----

@@ -19,13 +19,15 @@ LORA_PARAMS = nnx.LoRAParam
 PROMPT_PARAMS = PromptParam
 BASE_PARAMS = nnx.All(nnx.Param, nnx.Not(nnx.Any(nnx.LoRAParam, PromptParam)))
 
-_METHOD_FILTERS = {"fmt": BASE_PARAMS, "lora": LORA_PARAMS, "prompt": PROMPT_PARAMS}
+# The finetuning methods: full-model tuning, LoRA, prompt tuning (Zhang et al. 2024).
+METHODS = ("fmt", "lora", "prompt")
+_METHOD_FILTERS = dict(zip(METHODS, (BASE_PARAMS, LORA_PARAMS, PROMPT_PARAMS)))
 
 
 def trainable_filter(method: str) -> Any:
     """The NNX filter of the parameters `method` trains: fmt (all base weights), lora, prompt."""
     if method not in _METHOD_FILTERS:
-        raise ValueError(f"unknown finetuning method {method!r}; valid: {sorted(_METHOD_FILTERS)}")
+        raise ValueError(f"unknown finetuning method {method!r}; valid: {list(METHODS)}")
     return _METHOD_FILTERS[method]
 
 

@@ -7,6 +7,9 @@ from typing import Iterator
 import gin
 import numpy as np
 
+from data import pipeline
+from data.vocab import get_vocabulary
+
 
 @gin.configurable
 class CorpusBatches:
@@ -20,12 +23,9 @@ class CorpusBatches:
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.shard_index, self.num_shards = shard_index, num_shards
         self.corpus, self.pair = corpus, pair
-        with gin.unlock_config():  # data.pipeline registers gin configurables on import
-            from data import pipeline  # noqa: F401  (fail here, before compute, if data is missing)
 
     @property
     def vocab_size(self) -> int:
-        from data.vocab import get_vocabulary
         return int(get_vocabulary(self.pair).vocab_size)
 
     @property
@@ -34,13 +34,11 @@ class CorpusBatches:
                 "shard_index": self.shard_index, "num_shards": self.num_shards}
 
     def __call__(self, start_position: int) -> Iterator[dict[str, np.ndarray]]:
-        from data.pipeline import pretrain_batches
-        return pretrain_batches(self.corpus, self.pair, batch_size=self.batch_size // self.num_shards,
-                                seq_len=self.seq_len, seed=self.seed, start_step=start_position,
-                                shard_index=self.shard_index, num_shards=self.num_shards)
+        return pipeline.pretrain_batches(self.corpus, self.pair, batch_size=self.batch_size // self.num_shards,
+                                         seq_len=self.seq_len, seed=self.seed, start_step=start_position,
+                                         shard_index=self.shard_index, num_shards=self.num_shards)
 
     def dev_batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:
         """The fixed held-out dev batches (every host evaluates the same global batches)."""
-        from data.pipeline import dev_batches
-        return dev_batches(self.corpus, self.pair, batch_size=self.batch_size, seq_len=self.seq_len,
-                           num_batches=num_batches)
+        return pipeline.dev_batches(self.corpus, self.pair, batch_size=self.batch_size, seq_len=self.seq_len,
+                                    num_batches=num_batches)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+from tensorboardX import SummaryWriter
+
+from checkpoints.atomic import write_text_atomic
 
 
 def training_flops_per_token(*, num_layers: int, d_model: int, num_heads: int, head_dim: int,
@@ -60,7 +62,6 @@ class MetricsWriter:
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
             # on resume, purge_step drops events a killed run wrote after the restored step
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"),
                                      purge_step=None if resume_step is None else resume_step + 1)
@@ -75,9 +76,7 @@ class MetricsWriter:
                     continue  # a line cut by a kill
                 if record.get("step", 0) <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(kept))
 
     def write(self, step: int, record: Mapping[str, Any]) -> None:
         row = {"step": int(step), **{k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str)) else v)

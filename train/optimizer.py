@@ -1,9 +1,7 @@
-"""Adafactor with the paper's cosine schedule (0.01 -> 0.001), and the training loss."""
+"""Adafactor with the paper's cosine schedule (0.01 -> 0.001)."""
 from __future__ import annotations
 
 import gin
-import jax
-import jax.numpy as jnp
 import optax
 
 
@@ -41,8 +39,8 @@ def make_optimizer(
     factored: bool = True,
     min_dim_size_to_factor: int = 128,
 ) -> optax.GradientTransformation:
-    """`optax.adafactor` as in DESIGN.md: factored second moments, decay 0.8, update
-    clipping 1.0, no momentum, parameter-scale multiplication."""
+    """`optax.adafactor` as Zhang et al. 2024 train (ARCHITECTURE.md): factored second moments,
+    decay 0.8, update clipping 1.0, no momentum, parameter-scale multiplication."""
     return optax.adafactor(
         learning_rate=schedule,
         min_dim_size_to_factor=min_dim_size_to_factor,
@@ -52,20 +50,3 @@ def make_optimizer(
         momentum=None,
         factored=factored,
     )
-
-
-def weighted_cross_entropy(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float = 0.0
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean cross-entropy over weighted target tokens, plus `z_loss * log(Z)^2` (PaLM's
-    softmax normaliser penalty) averaged the same way. Returns (loss, parts)."""
-    logits = logits.astype(jnp.float32)
-    weights = weights.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    token_ce = log_z - target_logit
-    weight_sum = jnp.maximum(weights.sum(), 1e-8)
-    ce = (token_ce * weights).sum() / weight_sum
-    z_term = (jnp.square(log_z) * weights).sum() / weight_sum
-    loss = ce + z_loss * z_term if z_loss else ce
-    return loss, {"cross_entropy": ce, "log_z_squared": z_term, "weight_sum": weights.sum()}

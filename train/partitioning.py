@@ -28,7 +28,6 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("vocab", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),  # only taken when num_kv_heads divides by it (never for MQA)
-    ("kv", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
     ("prompt", None),
@@ -168,9 +167,3 @@ def to_named(specs: Any, mesh: Mesh) -> Any:
     """Map a tree of PartitionSpecs to NamedShardings on `mesh`."""
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
-
-
-def describe(specs: Any) -> str:
-    """One line per parameter: path and spec (for the operative log)."""
-    leaves = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]
-    return "\n".join(f"{jax.tree_util.keystr(p)}: {s}" for p, s in leaves)

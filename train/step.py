@@ -1,4 +1,4 @@
-"""Jitted train and eval steps over `nnx.split` state (the NNX functional pattern).
+"""Jitted train and dev-loss steps over `nnx.split` state (the NNX functional pattern).
 
 The train state is a plain pytree {"params": pure dict, "opt_state": optax state}, so it
 can be sharded, donated and checkpointed as is. Non-parameter module state (RNG streams)
@@ -7,6 +7,7 @@ a resumed run bit-identical without checkpointing RNG counters.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -15,8 +16,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from model.functional import MODEL_INPUT_KEYS, apply_model
-from train.optimizer import weighted_cross_entropy
+from eval.scoring import batch_sums
+from data.rows import BATCH_KEYS
+from model.functional import apply_model
+from model.loss import weighted_cross_entropy
 from train.partitioning import batch_sharding, replicated
 
 Batch = dict[str, jax.Array]
@@ -53,18 +56,6 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[dict, nnx.State, Batch], dict]:
-    """(params, rest, batch) -> summed CE and weight, so a dev set averages over tokens."""
-
-    def eval_step(params: dict, rest: nnx.State, batch: Batch):
-        logits = apply_model(graphdef, params, rest, batch, deterministic=True)
-        _, parts = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                          batch["decoder_loss_weights"])
-        return {"ce_sum": parts["cross_entropy"] * parts["weight_sum"], "weight_sum": parts["weight_sum"]}
-
-    return eval_step
-
-
 def jit_train_step(step_fn: Callable, state_shardings: Any, rest_shardings: Any, mesh: Mesh) -> Callable:
     """jax.jit with explicit in/out shardings; the train state is donated."""
     batch_sh = batch_sharding(mesh)
@@ -76,13 +67,14 @@ def jit_train_step(step_fn: Callable, state_shardings: Any, rest_shardings: Any,
     )
 
 
-def jit_eval_step(eval_fn: Callable, param_shardings: Any, rest_shardings: Any, mesh: Mesh) -> Callable:
-    return jax.jit(eval_fn, in_shardings=(param_shardings, rest_shardings, batch_sharding(mesh)),
-                   out_shardings=replicated(mesh))
+def jit_eval_step(graphdef: nnx.GraphDef, param_shardings: Any, rest_shardings: Any, mesh: Mesh) -> Callable:
+    """eval.scoring.batch_sums (the dev-loss step) jitted over the mesh: (params, rest, batch) -> sums."""
+    return jax.jit(functools.partial(batch_sums, graphdef),
+                   in_shardings=(param_shardings, rest_shardings, batch_sharding(mesh)), out_shardings=replicated(mesh))
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> Batch:
     """Global arrays from this process's rows (each host holds only its shard of the batch)."""
     sharding: NamedSharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+            for k, v in batch.items() if k in BATCH_KEYS}

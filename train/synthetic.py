@@ -12,14 +12,13 @@ from typing import Iterator
 import gin
 import numpy as np
 
+from data.rows import empty_rows, place_example
+
 
 def synthetic_batch(batch_number: int, *, rows: int, seq_len: int, vocab_size: int, seed: int,
                     first_row: int = 0) -> dict[str, np.ndarray]:
     """Rows [first_row, first_row + rows) of global batch `batch_number` (deterministic)."""
-    out = {k: np.zeros((rows, seq_len), np.int32) for k in (
-        "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
-        "decoder_positions", "decoder_causal_attention")}
-    weights = np.zeros((rows, seq_len), np.float32)
+    out = empty_rows(rows, seq_len)
     for r in range(rows):
         rng = np.random.default_rng([seed, batch_number, first_row + r])
         pos, segment = 0, 1
@@ -31,16 +30,8 @@ def synthetic_batch(batch_number: int, *, rows: int, seq_len: int, vocab_size: i
             start, stride = rng.integers(3, vocab_size), rng.integers(1, 4)
             tokens = (start + stride * np.arange(length)) % (vocab_size - 3) + 3
             prefix = int(rng.integers(1, length))
-            sl = slice(pos, pos + length)
-            out["decoder_target_tokens"][r, sl] = tokens
-            out["decoder_input_tokens"][r, sl] = np.concatenate([[0], tokens[:-1]])
-            out["decoder_segment_ids"][r, sl] = segment
-            out["decoder_positions"][r, sl] = np.arange(length)
-            out["decoder_causal_attention"][r, pos:pos + prefix] = 1
-            weights[r, pos + prefix:pos + length] = 1.0
-            pos += length
+            pos = place_example(out, r, pos, segment, tokens[:prefix], tokens[prefix:])
             segment += 1
-    out["decoder_loss_weights"] = weights
     return out
 
 

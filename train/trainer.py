@@ -3,10 +3,8 @@ log, evaluate on the dev set, checkpoint, stop on NaN, and write summary.json.""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
@@ -17,12 +15,15 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from checkpoints.atomic import write_json_atomic
+from checkpoints.store import CheckpointStore
+from eval.scoring import likelihood_of_batches
+from model.functional import PRNG_IMPLS
 from train import state as state_lib
-from train.checkpoints import CheckpointStore
 from train.metrics import MetricsWriter, measure_matmul_peak
 from train.optimizer import learning_rate_schedule, make_optimizer
 from train.partitioning import batch_axis_size
-from train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step, shard_batch
+from train.step import jit_eval_step, jit_train_step, make_train_step, shard_batch
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
-        if self.prng_impl not in ("threefry2x32", "rbg", "unsafe_rbg"):
-            raise ValueError(f"TrainConfig.prng_impl={self.prng_impl!r}; valid: threefry2x32, rbg, unsafe_rbg")
+        if self.prng_impl not in PRNG_IMPLS:
+            raise ValueError(f"TrainConfig.prng_impl={self.prng_impl!r}; valid: {', '.join(PRNG_IMPLS)}")
         ways = batch_axis_size(mesh)
         if self.batch_size % ways:
             raise ValueError(
@@ -133,17 +134,38 @@ def _check_batch(batch: Batch, config: TrainConfig, step: int) -> None:
                          f"(per-process rows x TrainConfig.seq_len)")
 
 
-def evaluate(eval_fn: Callable, params: Any, rest: Any, dev_batches: Iterable[Batch], mesh: Mesh) -> float | None:
-    """Token-weighted mean dev cross-entropy (None without a dev set)."""
-    ce, weight = 0.0, 0.0
-    for batch in dev_batches:
+def dev_loss(eval_fn: Callable, params: Any, rest: Any, dev_batches: Sequence[Batch], mesh: Mesh) -> float | None:
+    """Token-weighted mean dev cross-entropy (None without a dev set); each host feeds its rows."""
+    if not dev_batches:
+        return None
+
+    def sums(batch: Batch):
         rows = len(batch["decoder_target_tokens"]) // jax.process_count()
         first = jax.process_index() * rows
-        local = {k: v[first:first + rows] for k, v in batch.items()}  # this host's rows
-        out = jax.device_get(eval_fn(params, rest, shard_batch(local, mesh)))
-        ce += float(out["ce_sum"])
-        weight += float(out["weight_sum"])
-    return ce / weight if weight else None
+        return eval_fn(params, rest, shard_batch({k: v[first:first + rows] for k, v in batch.items()}, mesh))
+
+    return likelihood_of_batches(sums, dev_batches).log_ppl
+
+
+def _restore_or_init(store: CheckpointStore, parts: state_lib.ModelParts, optimizer: Any, inputs: RunInputs,
+                     config: TrainConfig) -> tuple[dict, Any, int, dict, Path | None]:
+    """(train state, rest, start step, checkpoint meta, its directory): the newest intact checkpoint
+    of this very run, or a fresh state. A checkpoint of another model or data source is refused."""
+    restored = store.restore_newest(parts.abstract_state)
+    if restored is None:
+        train_state, rest = state_lib.init_state(inputs.model_factory, optimizer, parts, config.seed, config.prng_impl)
+        return train_state, rest, 0, {}, None
+    train_state, meta, directory = restored
+    if meta.get("model_config") != inputs.model_config:
+        raise ValueError(f"checkpoint {directory} was written for model {meta.get('model_config')}, "
+                         f"but this run configures {inputs.model_config}; use a fresh --workdir")
+    recorded_data = {k: v for k, v in (meta.get("data_position") or {}).items() if k != "batches_consumed"}
+    if recorded_data != dict(inputs.data_description):
+        raise ValueError(f"checkpoint {directory} was trained on data {recorded_data}, but this run "
+                         f"configures {dict(inputs.data_description)}; use a fresh --workdir")
+    log.info("resuming from %s (step %d, %d tokens)", directory, meta["step"], meta["tokens_seen"])
+    rest = state_lib.init_rest(inputs.model_factory, parts, config.seed, config.prng_impl)
+    return train_state, rest, int(meta["step"]), meta, directory
 
 
 def train(config: TrainConfig, inputs: RunInputs, mesh: Mesh, workdir: str | Path,
@@ -152,128 +174,139 @@ def train(config: TrainConfig, inputs: RunInputs, mesh: Mesh, workdir: str | Pat
     workdir = Path(workdir)
     config.validate(mesh, max_len=inputs.model_config.get("max_len"))
     total_steps = config.total_steps()
-    checkpoint_steps = set(config.checkpoint_steps())
     workdir.mkdir(parents=True, exist_ok=True)
-
     schedule = learning_rate_schedule(total_steps)
     optimizer = make_optimizer(schedule)
     parts = state_lib.plan(inputs.model_factory, optimizer, mesh, config.seed, config.prng_impl)
-    store = CheckpointStore(workdir, keep_latest=config.keep_latest)
     log.info("planned shardings for %s params", f"{parts.num_params:,}")
-    restored = store.restore_newest(parts.abstract_state)
-    if restored is None:
-        train_state, rest = state_lib.init_state(inputs.model_factory, optimizer, parts, config.seed, config.prng_impl)
-        start_step, last_good, meta = 0, None, {}
-    else:
-        train_state, meta, last_good = restored
-        start_step = int(meta["step"])
-        if meta.get("model_config") != inputs.model_config:
-            raise ValueError(f"checkpoint {last_good} was written for model {meta.get('model_config')}, "
-                             f"but this run configures {inputs.model_config}; use a fresh --workdir")
-        recorded_data = {k: v for k, v in (meta.get("data_position") or {}).items() if k != "batches_consumed"}
-        if recorded_data != dict(inputs.data_description):
-            raise ValueError(f"checkpoint {last_good} was trained on data {recorded_data}, but this run "
-                             f"configures {dict(inputs.data_description)}; use a fresh --workdir")
-        log.info("resuming from %s (step %d, %d tokens)", last_good, start_step, meta["tokens_seen"])
-        rest = state_lib.init_rest(inputs.model_factory, parts, config.seed, config.prng_impl)
-
+    store = CheckpointStore(workdir, keep_latest=config.keep_latest)
+    try:
+        train_state, rest, start_step, meta, last_good = _restore_or_init(store, parts, optimizer, inputs, config)
+    except BaseException:
+        store.close()
+        raise
     dropout = float(inputs.model_config.get("dropout_rate", 0.0) or 0.0) > 0
-    step_fn = jit_train_step(make_train_step(parts.graphdef, optimizer, schedule=schedule, z_loss=config.z_loss,
-                                             dropout=dropout, seed=config.seed,
-                                             prng_impl=config.prng_impl),
-                             parts.state_shardings, parts.rest_shardings, mesh)
-    eval_fn = jit_eval_step(make_eval_step(parts.graphdef), parts.param_shardings, parts.rest_shardings, mesh)
-    peak = config.peak_flops or measure_matmul_peak(devices=list(mesh.devices.flat))
-    log.info("state ready (step %d); float32 matmul peak %.3g FLOP/s", start_step, peak)
-    writer = MetricsWriter(workdir, resume_step=start_step if restored else None)
-    dev_batches = list(inputs.dev_batches)
-
-    def meta_for(step: int, train_loss: float | None, dev_loss: float | None) -> dict:
-        return {"step": step, "tokens_seen": step * config.tokens_per_step, "model_config": inputs.model_config,
-                "data_position": {"batches_consumed": step, **inputs.data_description},
-                "rng": {"seed": config.seed, "dropout_key": f"fold_in(key({config.seed}), step)"},
-                "train_loss": train_loss, "dev_loss": dev_loss, "time": time.time()}
-
-    started = time.time()
-    clock = _Clock(config, inputs.flops_per_token, peak, start_step, total_steps)
-    last_loss: float | None = meta.get("train_loss")
-    dev_loss: float | None = meta.get("dev_loss")
+    loop = _Loop(
+        config=config, inputs=inputs, mesh=mesh, store=store, total_steps=total_steps,
+        step_fn=jit_train_step(make_train_step(parts.graphdef, optimizer, schedule=schedule, z_loss=config.z_loss,
+                                               dropout=dropout, seed=config.seed, prng_impl=config.prng_impl),
+                               parts.state_shardings, parts.rest_shardings, mesh),
+        eval_fn=jit_eval_step(parts.graphdef, parts.param_shardings, parts.rest_shardings, mesh),
+        peak=config.peak_flops or measure_matmul_peak(devices=list(mesh.devices.flat)),
+        writer=MetricsWriter(workdir, resume_step=start_step if last_good else None),
+        start_step=start_step, last_loss=meta.get("train_loss"), last_dev_loss=meta.get("dev_loss"))
+    log.info("state ready (step %d); float32 matmul peak %.3g FLOP/s", start_step, loop.peak)
     if start_step >= total_steps:
         log.info("the run is already complete at step %d (%s)", start_step, last_good)
-    pending: tuple[int, Any] | None = None  # (step, device metrics), read one step late
+    started = time.time()
+    try:
+        loop.run(train_state, rest, progress=progress)
+    finally:
+        loop.writer.close()
+        store.close()
+    summary = loop.summary(wall_time_s=time.time() - started, num_params=parts.num_params)
+    if jax.process_index() == 0:
+        write_json_atomic(workdir / "summary.json", summary)
+    return summary
 
-    def consume(step: int, device_metrics: Any) -> float:
+
+class _Loop:
+    """The step loop of one run: jitted steps, metrics read one step late, dev loss and
+    checkpoints at their steps, NaN stops naming the last good checkpoint."""
+
+    def __init__(self, *, config: TrainConfig, inputs: RunInputs, mesh: Mesh, store: CheckpointStore,
+                 total_steps: int, step_fn: Callable, eval_fn: Callable, peak: float, writer: MetricsWriter,
+                 start_step: int, last_loss: float | None, last_dev_loss: float | None):
+        self.config, self.inputs, self.mesh, self.store = config, inputs, mesh, store
+        self.total_steps, self.step_fn, self.eval_fn = total_steps, step_fn, eval_fn
+        self.peak, self.writer, self.start_step = peak, writer, start_step
+        self.last_loss, self.dev_loss = last_loss, last_dev_loss
+        self.checkpoint_steps = set(config.checkpoint_steps())
+        self.dev_batches = list(inputs.dev_batches)
+        self.clock = _Clock(config, inputs.flops_per_token, peak, start_step, total_steps)
+        self.bar = None
+
+    def meta_for(self, step: int, dev_loss: float | None) -> dict:
+        seed = self.config.seed
+        return {"step": step, "tokens_seen": step * self.config.tokens_per_step,
+                "model_config": self.inputs.model_config,
+                "data_position": {"batches_consumed": step, **self.inputs.data_description},
+                "rng": {"seed": seed, "dropout_key": f"fold_in(key({seed}), step)"},
+                "train_loss": self.last_loss, "dev_loss": dev_loss, "time": time.time()}
+
+    def consume(self, step: int, device_metrics: Any) -> None:
         """Fetch a step's metrics, stop on NaN/inf, log at the configured interval."""
         values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
         if not math.isfinite(values["loss"]):
-            good = store.newest_good()
+            good = self.store.newest_good()
             raise TrainingDivergedError(
                 f"loss is {values['loss']} at step {step}; stopping. Last good checkpoint: "
                 f"{good or 'none (no checkpoint written yet)'} (left intact)")
-        record = clock.tick(step, values)
+        record = self.clock.tick(step, values)
         if record is not None:
-            writer.write(step, record)
-            bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
-        return values["loss"]
+            self.writer.write(step, record)
+            self.bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+        self.last_loss = values["loss"]
 
-    bar = tqdm(total=total_steps * config.tokens_per_step, initial=start_step * config.tokens_per_step,
-               unit="tok", unit_scale=True, disable=not progress, desc="pretrain", dynamic_ncols=True)
-    batches = inputs.batches(start_step)
-    try:
-        for step in range(start_step + 1, total_steps + 1):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                raise ValueError(f"the batch source ran out at step {step} of {total_steps}; "
-                                 f"lower the token budget or use a larger corpus") from None
-            _check_batch(batch, config, step)
-            train_state, device_metrics = step_fn(train_state, rest, shard_batch(batch, mesh),
-                                                  np.asarray(step - 1, np.int32))
+    def evaluate_and_save(self, step: int, train_state: dict, rest: Any) -> None:
+        """Dev loss and checkpoints due at `step` (the metrics of `step` are consumed first)."""
+        is_intermediate = step in self.checkpoint_steps
+        is_latest = step % self.config.latest_every_steps == 0
+        is_eval = step % self.config.eval_every_steps == 0 or is_intermediate
+        if is_eval and self.dev_batches:
+            self.dev_loss = dev_loss(self.eval_fn, train_state["params"], rest, self.dev_batches, self.mesh)
+            self.writer.write(step, {"dev_loss": self.dev_loss, "dev_ppl": math.exp(min(self.dev_loss, 50))})
+        for kind, wanted in (("intermediate", is_intermediate), ("latest", is_latest)):
+            if wanted:
+                save_start = time.perf_counter()
+                self.store.save(step, train_state, self.meta_for(step, self.dev_loss if is_eval else None), kind=kind)
+                self.writer.write(step, {f"checkpoint_save_s_{kind}": time.perf_counter() - save_start})
+        self.clock.pause()  # evaluation and saving stay out of tokens/s
+
+    def is_due(self, step: int) -> bool:
+        return (step in self.checkpoint_steps or step % self.config.latest_every_steps == 0
+                or step % self.config.eval_every_steps == 0)
+
+    def run(self, train_state: dict, rest: Any, *, progress: bool) -> None:
+        config = self.config
+        self.bar = tqdm(total=self.total_steps * config.tokens_per_step, initial=self.start_step * config.tokens_per_step,
+                        unit="tok", unit_scale=True, disable=not progress, desc="pretrain", dynamic_ncols=True)
+        batches = self.inputs.batches(self.start_step)
+        pending: tuple[int, Any] | None = None  # (step, device metrics), read one step late
+        try:
+            for step in range(self.start_step + 1, self.total_steps + 1):
+                batch = next(batches, None)
+                if batch is None:
+                    raise ValueError(f"the batch source ran out at step {step} of {self.total_steps}; "
+                                     f"lower the token budget or use a larger corpus")
+                _check_batch(batch, config, step)
+                train_state, device_metrics = self.step_fn(train_state, rest, shard_batch(batch, self.mesh),
+                                                           np.asarray(step - 1, np.int32))
+                if pending is not None:
+                    self.consume(*pending)
+                pending = (step, device_metrics)
+                self.bar.update(config.tokens_per_step)
+                if self.is_due(step):
+                    self.consume(*pending)  # never evaluate or checkpoint a diverged state
+                    pending = None
+                    self.evaluate_and_save(step, train_state, rest)
             if pending is not None:
-                last_loss = consume(*pending)
-            pending = (step, device_metrics)
-            bar.update(config.tokens_per_step)
-            is_intermediate = step in checkpoint_steps
-            is_latest = step % config.latest_every_steps == 0
-            is_eval = step % config.eval_every_steps == 0 or is_intermediate
-            if not (is_intermediate or is_latest or is_eval):
-                continue
-            last_loss = consume(*pending)  # never evaluate or checkpoint a diverged state
-            pending = None
-            if is_eval and dev_batches:
-                dev_loss = evaluate(eval_fn, train_state["params"], rest, dev_batches, mesh)
-                writer.write(step, {"dev_loss": dev_loss, "dev_ppl": math.exp(min(dev_loss, 50))})
-            for kind, wanted in (("intermediate", is_intermediate), ("latest", is_latest)):
-                if wanted:
-                    save_start = time.perf_counter()
-                    store.save(step, train_state, meta_for(step, last_loss, dev_loss if is_eval else None),
-                               kind=kind)
-                    writer.write(step, {f"checkpoint_save_s_{kind}": time.perf_counter() - save_start})
-            clock.pause()  # evaluation and saving stay out of tokens/s
-        if pending is not None:
-            last_loss = consume(*pending)
-    finally:
-        bar.close()
-        writer.close()
-        store.close()
+                self.consume(*pending)
+        finally:
+            self.bar.close()
 
-    tokens_per_s = clock.mean_tokens_per_s()
-    summary = {
-        "final_step": total_steps, "tokens_seen": total_steps * config.tokens_per_step,
-        "final_train_loss": last_loss, "final_dev_loss": dev_loss,
-        "final_dev_ppl": math.exp(min(dev_loss, 50)) if dev_loss is not None else None,
-        "wall_time_s": time.time() - started, "resumed_from_step": start_step,
-        "tokens_per_s": tokens_per_s,
-        "mfu": tokens_per_s * inputs.flops_per_token / peak if tokens_per_s else None,
-        "matmul_peak_flops": peak, "flops_per_token": inputs.flops_per_token,
-        "num_params": parts.num_params, "model": inputs.model_config.get("name"),
-        "mesh": dict(mesh.shape),
-    }
-    if jax.process_index() == 0:
-        tmp = workdir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        os.replace(tmp, workdir / "summary.json")
-    return summary
+    def summary(self, *, wall_time_s: float, num_params: int) -> dict:
+        tokens_per_s = self.clock.mean_tokens_per_s()
+        flops_per_token = self.inputs.flops_per_token
+        return {
+            "final_step": self.total_steps, "tokens_seen": self.total_steps * self.config.tokens_per_step,
+            "final_train_loss": self.last_loss, "final_dev_loss": self.dev_loss,
+            "final_dev_ppl": math.exp(min(self.dev_loss, 50)) if self.dev_loss is not None else None,
+            "wall_time_s": wall_time_s, "resumed_from_step": self.start_step, "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * flops_per_token / self.peak if tokens_per_s else None,
+            "matmul_peak_flops": self.peak, "flops_per_token": flops_per_token, "num_params": num_params,
+            "model": self.inputs.model_config.get("name"), "mesh": dict(self.mesh.shape),
+        }
 
 
 class _Clock:

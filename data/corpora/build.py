@@ -29,12 +29,6 @@ LICENSES = {  # the license of the text we use, from each package's debian/copyr
 }
 
 
-def _tokens(text: str) -> int:
-    """Whitespace tokens, counting each CJK character as one token (Chinese has no spaces)."""
-    cjk = len(re.findall("[\u3400-\u9fff\uf900-\ufaff]", text))
-    return len(re.sub("[\u3400-\u9fff\uf900-\ufaff]", " ", text).split()) + cjk
-
-
 class _Log:
     def __init__(self, log: Callable[[str], None]):
         self.log, self.start = log, time.monotonic()
@@ -129,7 +123,7 @@ def _monolingual(texts_by_source: list[tuple[str, list[str]]], held_out: set[str
         kept.append(text)
         total += units
     info.update(candidates=len(candidates), lines=len(kept), chars=sum(map(len, kept)),
-                tokens=sum(map(_tokens, kept)), capped_at_length_units=cap, capped=len(kept) < len(candidates))
+                tokens=sum(map(clean.count_tokens, kept)), capped_at_length_units=cap, capped=len(kept) < len(candidates))
     return kept, info
 
 

@@ -16,6 +16,12 @@ _CJK = re.compile("[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]")
 _LETTER = re.compile(r"[^\W\d_]")
 
 
+def count_tokens(text: str) -> int:
+    """Whitespace tokens, counting each CJK character as one token (Chinese has no spaces)."""
+    cjk = len(re.findall("[\u3400-\u9fff\uf900-\ufaff]", text))
+    return len(re.sub("[\u3400-\u9fff\uf900-\ufaff]", " ", text).split()) + cjk
+
+
 def normalize(text: str) -> str:
     """NFC, invisible characters removed, every whitespace run (incl. newlines, tabs) -> one space."""
     text = unicodedata.normalize("NFC", text)

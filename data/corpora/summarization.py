@@ -16,11 +16,6 @@ CAP_PER_LANGUAGE = {"train": 4000, "dev": 800, "test": 800}  # documents per lan
 MIN_DOCUMENT_TOKENS, MIN_SUMMARY_TOKENS = 12, 2
 
 
-def _tokens(text: str) -> int:
-    from data.corpora.build import _tokens as count
-    return count(text)
-
-
 def examples_from_indexes(texts: dict[str, str], problems: extract.Problems) -> tuple[list[dict], dict]:
     """Summarization rows (split, lang, package, md5, summary, document) from Translation index texts.
 
@@ -38,7 +33,7 @@ def examples_from_indexes(texts: dict[str, str], problems: extract.Problems) -> 
             if d.md5 not in english_key:
                 stats[lang]["no English original"] += 1
                 continue
-            if _tokens(document) < MIN_DOCUMENT_TOKENS or _tokens(summary) < MIN_SUMMARY_TOKENS:
+            if clean.count_tokens(document) < MIN_DOCUMENT_TOKENS or clean.count_tokens(summary) < MIN_SUMMARY_TOKENS:
                 stats[lang]["too short"] += 1
                 continue
             if (lang, document) in seen:

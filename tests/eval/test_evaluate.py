@@ -13,7 +13,8 @@ from flax import nnx
 from data import tasks as data_tasks
 from eval import evaluate
 from eval import run as eval_run
-from train.export import export_checkpoint, load_checkpoint_model
+from checkpoints.exports import export_checkpoint
+from checkpoints.load import load_checkpoint_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from random_models import random_model  # noqa: E402
@@ -199,16 +200,14 @@ def test_evaluate_task_bad_input(smoke_model):
         evaluate.evaluate_task(smoke_model, "mt_en_de", max_examples=0)
 
 
-def test_eval_run_cli_loads_an_adapter_with_finetune_adapters(smoke_pretrain_dir, capsys, tmp_path, monkeypatch):
+def test_eval_run_cli_loads_an_adapter_onto_the_checkpoint(smoke_pretrain_dir, capsys, tmp_path, monkeypatch):
     calls = []
 
     def load_adapter(base_model, adapter_dir):
         calls.append((base_model.config.name, str(adapter_dir)))
         return base_model
 
-    fake = type(sys)("finetune.adapters")
-    fake.load_adapter = load_adapter
-    monkeypatch.setitem(sys.modules, "finetune.adapters", fake)
+    monkeypatch.setattr(eval_run, "load_adapter", load_adapter)
     assert eval_run.main([f"--checkpoint={smoke_pretrain_dir}", "--task=mt_en_de", f"--adapter={tmp_path}",
                           "--no_decode", *CLI_OPTS]) == 0
     assert calls == [("tiny", str(tmp_path))]

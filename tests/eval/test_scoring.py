@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from data import pipeline
+from data.rows import BATCH_KEYS
 from eval import evaluate, scoring
 from eval.metrics import token_log_probs_from_logits
 
@@ -71,10 +72,10 @@ def test_score_batches_equals_numpy_log_softmax_on_target_tokens(kind, batches):
 
 def test_score_batches_compiles_once_per_model_structure(batches):
     scoring.score_batches(_model("base"), batches)
-    before = scoring._target_log_probs._cache_size()
+    before = scoring._batch_sums._cache_size()
     other = _model("base", seed=7)  # same structure, new weights
     first, second = scoring.score_batches(_model("base"), batches), scoring.score_batches(other, batches)
-    assert scoring._target_log_probs._cache_size() == before
+    assert scoring._batch_sums._cache_size() == before
     assert first.total_log_likelihood != second.total_log_likelihood
 
 
@@ -94,7 +95,7 @@ def test_unpacked_rows_of_evaluate_match_the_packed_pipeline_batches(view, batch
     assert len(rows) == 2 and sum(int(r["decoder_segment_ids"][:, 0].sum()) for r in rows) == EXAMPLES
     packed = batches[0]
     first = int((packed["decoder_segment_ids"][0] == 1).sum())  # example 0 is segment 1 of packed row 0
-    for key in pipeline.BATCH_KEYS:
+    for key in BATCH_KEYS:
         np.testing.assert_array_equal(rows[0][key][0, :first], packed[key][0, :first], err_msg=key)
         assert not rows[0][key][0, first:].any(), key
     model = _model("base")

@@ -70,28 +70,12 @@ def test_perplexity_predicts_accuracy_better_than_flops(tmp_path):
         analysis.accuracy_points(sizes, "missing")
 
 
-def test_opt_real_data_check_fits(tmp_path):
-    from eval.opt_check import opt_fits, opt_section
-
-    fits, curves = opt_fits(sizes=["125m", "175b"])
-    assert set(fits) == {"125m", "175b"}
-    for size, fit in fits.items():
-        tokens, ppl = curves[size]
-        assert fit["converged"] and fit["beta"] > 0 and 1 < fit["E"] < ppl.min()
-        assert fit["heldout_mad"] < 0.05 * ppl[-1]  # the held-out last checkpoint is predicted within 5%
-    assert fits["175b"]["E"] < fits["125m"]["E"]  # the larger model's floor is lower
-    with pytest.raises(ValueError, match="unknown OPT sizes"):
-        opt_fits(sizes=["7b"])
-    markdown = opt_section(tmp_path, sizes=["125m"])
-    assert "| 125m |" in markdown and (tmp_path / "opt_trajectories.png").exists()
-
-
 def test_analysis_modules_import_without_the_training_stack():
     import subprocess
     import sys
     from pathlib import Path
 
-    code = ("import sys, eval.trajectory_data, eval.trajectory_analysis, eval.opt_check\n"
+    code = ("import sys, eval.trajectory_data, eval.trajectory_analysis, study.trajectories.opt_check\n"
             "heavy = [m for m in ('jax', 'flax', 'tensorflow') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,

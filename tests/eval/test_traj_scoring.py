@@ -4,8 +4,12 @@ import jax
 import numpy as np
 import pytest
 
+from checkpoints.load import load_checkpoint_params
 from eval import probes, token_scoring
 from eval import trajectory_scoring as scoring
+from eval.contrastive import contrastive_generate
+from model.functional import apply_model, split_params
+from model.methods import build_model
 
 STEPS = [4, 8, 12, 16]
 
@@ -65,13 +69,8 @@ def test_per_token_losses_shapes_and_match_full_forward(scored, probe_set, smoke
     assert not np.allclose(lp[0], lp[-1])  # checkpoints differ
     assert result.token_ppl().shape == (12 * 24, 4)
     # Reference: full logits of the step-16 model at every position (no gather, no bucketing).
-    from train.export import build_model
-    from model.functional import apply_model
-
-    config, params, _ = token_scoring.checkpoint_params(smoke_pretrain_dir, 16)
-    from flax import nnx
-
-    graphdef, _, rest = nnx.split(build_model(config, params), nnx.Param, ...)
+    config, params, _ = load_checkpoint_params(smoke_pretrain_dir, step=16)
+    graphdef, _, rest = split_params(build_model(config, params))
     features = token_scoring.encode_rows(validation.prefixes, validation.targets, seq_len=validation.seq_len,
                                          mode_id=token_scoring.mode_id(tokenizer))
     logits = apply_model(graphdef, params, rest, features, deterministic=True)
@@ -133,9 +132,22 @@ def test_corrupted_text_perplexity_exceeds_real(scored):
     assert result.ppl("validation")[-1] < result.ppl("validation")[0]
 
 
-def test_contrastive_decoding_follows_positive_difference(smoke_pretrain_dir, probe_set, tokenizer):
-    from eval.contrastive import contrastive_generate
+def _contrastive_reference(small, large, prompts, new_tokens, mode, allowed):
+    """Greedy contrastive decoding by a full forward of both models per token (no KV cache)."""
+    generated = np.zeros((len(prompts), 0), np.int32)
+    for _ in range(new_tokens):
+        width = generated.shape[1]
+        features = token_scoring.encode_rows(prompts, np.concatenate([generated, np.zeros((len(prompts), 1), np.int32)], 1),
+                                             seq_len=prompts.shape[1] + 3 + width, mode_id=mode)
+        at = prompts.shape[1] + 2 + width  # the input position whose logits predict the next token
+        probs = [jax.nn.softmax(m(features["decoder_input_tokens"], segment_ids=features["decoder_segment_ids"],
+                                  causal_attention=features["decoder_causal_attention"])[:, at]) for m in (small, large)]
+        diff = np.where(np.isin(np.arange(probs[0].shape[-1]), allowed), np.maximum(np.asarray(probs[0] - probs[1]), 0), 0)
+        generated = np.concatenate([generated, diff.argmax(-1)[:, None].astype(np.int32)], 1)
+    return generated
 
+
+def test_contrastive_decoding_follows_positive_difference(smoke_pretrain_dir, probe_set, tokenizer):
     small = scoring.load_model(smoke_pretrain_dir, 4)
     large = scoring.load_model(smoke_pretrain_dir, 16)
     validation, _ = probe_set
@@ -147,12 +159,8 @@ def test_contrastive_decoding_follows_positive_difference(smoke_pretrain_dir, pr
     np.testing.assert_array_equal(greedy, contrastive_generate(small, large, prompts, **kwargs))
     sampled = contrastive_generate(small, large, prompts, top_p=0.9, seed=1, **kwargs)
     assert sampled.shape == (4, 3) and np.all(np.isin(sampled, allowed))
-    # The first greedy token is the argmax of max(p_small - p_large, 0) after the prompt.
-    features = token_scoring.encode_rows(prompts, np.zeros((4, 1), np.int32), seq_len=8, mode_id=kwargs["mode_id"])
-    probs = [jax.nn.softmax(m(features["decoder_input_tokens"], segment_ids=features["decoder_segment_ids"],
-                               causal_attention=features["decoder_causal_attention"])[:, 7]) for m in (small, large)]
-    diff = np.where(np.isin(np.arange(probs[0].shape[-1]), allowed), np.maximum(np.asarray(probs[0] - probs[1]), 0), 0)
-    np.testing.assert_array_equal(greedy[:, 0], diff.argmax(-1))
+    # Every greedy token is the argmax of max(p_small - p_large, 0) under a full forward of both models.
+    np.testing.assert_array_equal(greedy, _contrastive_reference(small, large, prompts, 3, kwargs["mode_id"], allowed))
     with pytest.raises(ValueError, match="top_p"):
         contrastive_generate(small, large, prompts, top_p=1.5, **kwargs)
 

@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 
 from data.pipeline import eval_batches, finetune_batches
-from finetune import adapters, loop
-from finetune.methods import MethodSpec, base_params_of, build_model, method_costs, split_model
-from train.export import load_checkpoint_params, load_exported_model
+from checkpoints import adapters
+from checkpoints.exports import load_exported_model
+from checkpoints.load import load_checkpoint_params
+from finetune import loop
+from finetune.costs import method_costs
+from model.methods import MethodSpec, base_params_of, build_model
+from model.methods import split_trainable as split_model
 
 OVERFIT_EXAMPLES = 32
 SEQ_LEN, BATCH = 64, 4  # the 32 examples pack into ~4 rows: a step is about one pass
@@ -199,13 +203,13 @@ def test_adapter_round_trip_reproduces_outputs(base, trained, tmp_path, smoke_pr
 def test_merged_lora_export_reproduces_outputs(base, trained, tmp_path):
     batch = base["epoch"][0]
     model = trained["lora"]["result"].model
-    out = adapters.export_model(model, tmp_path / "merged", provenance={"note": "test"})
+    out = adapters.export_finetuned(model, tmp_path / "merged", provenance={"note": "test"})
     expected = _logits(model, batch)
     for fmt in ("orbax", "safetensors"):
         merged = load_exported_model(out, fmt)
         assert merged.lora is None
         np.testing.assert_allclose(_logits(merged, batch), expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="already exists"):
-        adapters.export_model(model, out)
+        adapters.export_finetuned(model, out)
     with pytest.raises(ValueError, match="prompt"):
-        adapters.export_model(trained["prompt"]["result"].model, tmp_path / "prompt_export")
+        adapters.export_finetuned(trained["prompt"]["result"].model, tmp_path / "prompt_export")

@@ -1,6 +1,6 @@
 """finetune.run: bad configs fail before any compute with a clear ValueError; a run (CLI) writes
-its files and exactly one complete results row; a re-run is a no-op; a failed run leaves no done row."""
-import importlib.util
+its files and one complete, validated result; a re-run is a no-op; a run that dies leaves no result."""
+import dataclasses
 import json
 import math
 
@@ -8,13 +8,11 @@ import gin
 import numpy as np
 import pytest
 
+from checkpoints.adapters import load_adapter_model
+from checkpoints.exports import load_exported_model
 from finetune import run as ft_run
-from finetune.adapters import load_adapter_model
 from finetune.config import FinetuneConfig
-from finetune.results import RESULT_COLUMNS, ResultsStore
-from train.export import load_exported_model
-
-HAVE_EVAL = importlib.util.find_spec("eval.evaluate") is not None
+from finetune.result import RunResult
 
 
 def small_config(pretrain_dir, **changes):
@@ -34,31 +32,6 @@ def clean_gin():
     gin.clear_config()
 
 
-@pytest.fixture
-def evaluation(monkeypatch):
-    """The real eval.evaluate when it is installed; otherwise a minimal stand-in (test PPL by the
-    loop's own dev scorer, fixed BLEU/chrF) so the run plumbing is still tested."""
-    if HAVE_EVAL:
-        return "eval.evaluate"
-
-    def stand_in(model, config):
-        from data.pipeline import eval_batches
-        from finetune import loop
-        from finetune.methods import MethodSpec, split_model
-        spec = MethodSpec.from_config(config)
-        steps = loop.compiled_steps(model, spec, parameter_scale=config.use_parameter_scale)
-        _, params, rest = split_model(model, spec.method)
-        batches = eval_batches(config.task, "test", batch_size=config.eval_batch_size, seq_len=config.seq_len,
-                               max_batches=1)
-        log_ppl = loop.dev_log_ppl(steps.eval_step, params, rest, batches)
-        test = {"ppl": math.exp(log_ppl), "log_ppl": log_ppl, "mean_log_likelihood": -log_ppl, "target_tokens": 1,
-                "bleu": 1.0, "chrf": 2.0, "rouge_l": None, "signatures": {"bleu": "stand-in"}, "examples": 4}
-        return test, {"mt_de_en.log_ppl": log_ppl}
-
-    monkeypatch.setattr(ft_run, "evaluate_model", stand_in)
-    return "stand-in"
-
-
 @pytest.mark.parametrize("changes, message", [
     (dict(method="adapters"), r"unknown finetuning method 'adapters'; valid: \['fmt', 'lora', 'prompt'\]"),
     (dict(lora_rank=64), r"lora_rank=64 exceeds the layer width d_model=32"),
@@ -74,11 +47,10 @@ def test_bad_inputs_raise_clear_value_errors(smoke_pretrain_dir, changes, messag
     config = small_config(smoke_pretrain_dir, **changes)
     with pytest.raises(ValueError, match=message):
         config.validate()
-    if "checkpoint_step" in changes:  # run_finetune refuses before claiming anything
-        store = ResultsStore(tmp_path / "study")
+    if "checkpoint_step" in changes:  # run_finetune refuses before writing anything
         with pytest.raises(ValueError):
-            ft_run.run_finetune(config, tmp_path / "run", store=store, progress=False)
-        assert store.rows(None) == [] and not (tmp_path / "run").exists()
+            ft_run.run_finetune(config, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
 
 
 def test_cli_bad_rank_exits_2_naming_it(smoke_pretrain_dir, tmp_path, capsys):
@@ -98,13 +70,13 @@ def test_cli_export_merged_refuses_a_non_lora_run_before_training(smoke_pretrain
     assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "merged").exists()
 
 
-def test_cli_run_writes_one_complete_row_and_rerun_is_a_noop(smoke_pretrain_dir, tmp_path, evaluation, monkeypatch):
-    study, workdir = tmp_path / "study", tmp_path / "run"
+def test_cli_run_writes_one_complete_result_and_rerun_is_a_noop(smoke_pretrain_dir, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
     config = small_config(smoke_pretrain_dir)
-    params = [f"--gin_param=FinetuneConfig.{k}={json.dumps(v) if isinstance(v, str) else v}"
-              for k, v in dataclasses_items(config)]
+    params = [f"--gin_param=FinetuneConfig.{f.name}={json.dumps(v) if isinstance(v := getattr(config, f.name), str) else v}"
+              for f in dataclasses.fields(config)]
     code = ft_run.main(["--gin_file=gin_configs/finetune/lora.gin", *params, f"--workdir={workdir}",
-                        f"--study_dir={study}", f"--export_merged={tmp_path / 'merged'}", "--no_progress"])
+                        f"--export_merged={tmp_path / 'merged'}", "--no_progress"])
     assert code == 0
     merged = load_exported_model(tmp_path / "merged", "safetensors")  # the LoRA update merged in
     adapted = load_adapter_model(workdir / "adapter.safetensors")
@@ -116,48 +88,32 @@ def test_cli_run_writes_one_complete_row_and_rerun_is_a_noop(smoke_pretrain_dir,
     assert "FinetuneConfig.lora_rank = 8" in (workdir / "operative_config.gin").read_text()
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4] and "dev_ppl" in lines[1] and "dev_ppl" in lines[3]
-    store = ResultsStore(study)
-    rows = store.rows(None)
-    assert len(rows) == 1 and rows[0]["status"] == "done" and rows[0]["config"] == config.to_dict()
-    row = rows[0]
-    for name, _ in RESULT_COLUMNS:
-        if name != "rouge_l":  # MT task: ROUGE-L does not apply
-            assert row[name] is not None, name
-    assert row["method"] == "lora" and row["pet_size"] == 8 and row["model_name"] == "tiny"
+    record = json.loads((workdir / "result.json").read_text())
+    assert record["config"] == config.to_dict()
+    result = RunResult(**record["result"])
+    row = result.to_row()  # every required field present and valid
+    assert row["method"] == "lora" and row["pet_size"] == 8 and row["model_name"] == "tiny" and row["rouge_l"] is None
     assert row["pretrain_tokens"] == 8192 and row["pretrain_corpus"] == "aligned" and row["finetune_examples"] == 32
     assert row["best_step"] in (2, 4) and row["dev_ppl"] > 1 and row["trainable_params"] > 0
+    assert row["bleu"] is not None and row["chrf"] is not None
     assert math.isclose(row["test_log_ppl"], math.log(row["test_ppl"]))
-    assert json.loads(row["zero_shot_json"]), "zero-shot metrics recorded"
-    assert json.loads(row["extra_metrics_json"])["optimizer_state_bytes"] > 0
-    result_json = json.loads((workdir / "result.json").read_text())
-    assert result_json["result"]["best_step"] == row["best_step"]
+    assert result.zero_shot, "zero-shot metrics recorded"
+    assert result.extra_metrics["optimizer_state_bytes"] > 0
 
-    # Re-running the same configuration computes nothing and returns the stored row.
+    # Re-running the same configuration computes nothing and returns the recorded result.
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(ft_run, "_train_and_evaluate", must_not_run)
-    again = ft_run.run_finetune(config, tmp_path / "elsewhere", store=store, progress=False)
-    assert again.best_step == row["best_step"] and again.dev_ppl == row["dev_ppl"]
-    assert ft_run.run_finetune(config, workdir, progress=False).test_ppl == row["test_ppl"]  # result.json
-    assert store.rows(None) == rows
+    monkeypatch.setattr(ft_run, "_train", must_not_run)
+    assert ft_run.run_finetune(config, workdir, progress=False) == result
 
 
-def dataclasses_items(config):
-    import dataclasses
-    return [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)]
-
-
-def test_a_run_that_dies_leaves_no_done_row(smoke_pretrain_dir, tmp_path, monkeypatch):
-    def broken_evaluation(model, config):
+def test_a_run_that_dies_leaves_no_result(smoke_pretrain_dir, tmp_path, monkeypatch):
+    def broken_evaluation(*args, **kwargs):
         raise RuntimeError("evaluation crashed")
 
-    monkeypatch.setattr(ft_run, "evaluate_model", broken_evaluation)
-    store = ResultsStore(tmp_path / "study")
+    monkeypatch.setattr(ft_run, "evaluate_task", broken_evaluation)
     config = small_config(smoke_pretrain_dir, num_steps=2)
     with pytest.raises(RuntimeError, match="evaluation crashed"):
-        ft_run.run_finetune(config, tmp_path / "run", store=store, progress=False)
-    assert not store.has_result(config.to_dict())
-    assert [r["status"] for r in store.rows(None)] == ["failed"]
-    assert "evaluation crashed" in store.failures()[0]["error"]
+        ft_run.run_finetune(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "result.json").exists()

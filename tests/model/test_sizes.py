@@ -39,7 +39,8 @@ def test_gin_file_agrees_with_get_config(name):
     try:
         gin.clear_config()
         gin.parse_config_file(gin_path(name))
-        assert ModelConfig() == get_config(name)
+        assert gin.query_parameter("%MODEL").scoped_configurable_fn() == get_config(name)
+        assert ModelConfig() == ModelConfig(name="custom"), "gin binds MODEL only, never the class itself"
     finally:
         gin.clear_config()
 

@@ -8,6 +8,7 @@ from train.pretrain import main
 SMOKE = ["--gin_file=gin_configs/pretrain/smoke.gin",
          "--gin_param=pretrain.batch_source=@SyntheticBatches",
          "--gin_param=SyntheticBatches.vocab_size=128",
+         "--gin_param=model.config.ModelConfig.vocab_size=128",
          "--gin_param=make_mesh.data=8",  # the 8 simulated devices
          "--no_progress"]
 
@@ -24,7 +25,8 @@ def no_compute(monkeypatch):
 
 
 @pytest.mark.parametrize("params, message", [
-    (["pretrain.model_name='huge'"], "unknown model size 'huge'"),
+    (["model.config.ModelConfig.num_kv_heads=3"], "num_kv_heads=3 must divide num_heads=4"),
+    (["SyntheticBatches.vocab_size=100"], "vocab_size=128 but the data's vocabulary has 100 ids"),
     (["make_mesh.data=3"], "data=3 x fsdp=1 x tensor=1 = 3 devices, but 8 devices"),
     (["make_mesh.data=4", "make_mesh.fsdp=2", "TrainConfig.batch_size=12"],
      "batch_size=12 is not divisible by the data axes (data=4 x fsdp=2 = 8)"),

@@ -1,11 +1,13 @@
-"""Every pretraining gin file parses, names a real model size, and describes a valid run
-(checked without compute: token budget, checkpoints, mesh divisibility)."""
+"""Every pretraining gin file parses, includes a real model size's file, and describes a valid
+run (checked without compute: token budget, checkpoints, mesh divisibility)."""
 from pathlib import Path
 
 import gin
 import pytest
 
-from train.pretrain import parse_gin
+from model.sizes import get_config
+from train.gin_setup import parse_gin
+from train.pretrain import configured_model
 from train.trainer import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "gin_configs" / "pretrain"
@@ -33,11 +35,12 @@ def test_all_sizes_and_corpora_have_a_config():
 
 @pytest.mark.parametrize("name", RUN_FILES)
 def test_config_describes_a_valid_run(name):
-    from model.sizes import get_config
-
     parse_gin([str(CONFIG_DIR / name)], [])
-    model_name = gin.query_parameter("pretrain.model_name")
-    model = get_config(model_name)
+    model = configured_model()
+    size = model.name
+    expected = get_config(size)
+    paper_dtype = {"dtype": "bfloat16"} if size in ("1b", "2b", "4b", "8b", "16b") else {}
+    assert model == expected.replace(**paper_dtype)  # the model comes from its size's gin file
     config = TrainConfig()
     assert config.seq_len <= model.max_len
     steps = config.total_steps()

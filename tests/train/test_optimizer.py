@@ -5,7 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from train.optimizer import learning_rate_schedule, make_optimizer, weighted_cross_entropy
+from model.loss import weighted_cross_entropy
+from train.optimizer import learning_rate_schedule, make_optimizer
 
 
 def test_cosine_schedule_runs_from_peak_to_final():

@@ -31,7 +31,7 @@ def test_smoke_job_writes_everything(tmp_path):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu", "dev_loss", "dev_ppl"):
         assert any(key in r for r in records), key
-    listing = subprocess.run([sys.executable, "-m", "train.checkpoints", "list", f"--workdir={workdir}", "--json"],
+    listing = subprocess.run([sys.executable, "-m", "checkpoints", "list", f"--workdir={workdir}", "--json"],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     rows = [json.loads(line) for line in listing.stdout.splitlines()]
     intermediate = [(r["step"], r["tokens"]) for r in rows if r["kind"] == "intermediate"]

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMMON = [
     "--gin_file=gin_configs/pretrain/smoke.gin",
     "--gin_param=pretrain.batch_source=@SyntheticBatches",
-    "--gin_param=SyntheticBatches.vocab_size=128",
+    "--gin_param=SyntheticBatches.vocab_size=128", "--gin_param=model.config.ModelConfig.vocab_size=128",
     "--gin_param=pretrain.dev_batches=1",
     "--gin_param=TrainConfig.num_steps=16",
     "--gin_param=TrainConfig.seq_len=32",
@@ -42,7 +42,8 @@ def _losses(workdir: Path) -> list[tuple[int, float]]:
 
 
 def _final_arrays(workdir: Path) -> list[np.ndarray]:
-    restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "16" / "state")
+    restored = [ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "16" / item)
+                for item in ("params", "opt_state")]
     import jax
     return [np.asarray(x) for x in jax.tree.leaves(restored)]
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data import pipeline, tasks
+from data import pipeline, rows, tasks
 
 SEQ_LEN = 128
 
@@ -32,7 +32,7 @@ def _segments(batch):
 
 
 def check_batch_format(batch, batch_size=4, seq_len=SEQ_LEN):
-    assert set(batch) == set(pipeline.BATCH_KEYS)
+    assert set(batch) == set(rows.BATCH_KEYS)
     for key, value in batch.items():
         assert value.shape == (batch_size, seq_len), key
     tgt, inp = batch["decoder_target_tokens"], batch["decoder_input_tokens"]

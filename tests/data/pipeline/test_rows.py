@@ -1,11 +1,12 @@
-"""data.rows builds the same prefix-LM rows as seqio's PrefixLMFeatureConverter (from cached
-ids instead of a tf.data pipeline per run), and the same nested Df subsets."""
+"""data.rows / data.finetune_rows build the same prefix-LM rows as seqio's PrefixLMFeatureConverter
+(from cached ids instead of a tf.data pipeline per run), and the same nested Df subsets."""
 import numpy as np
 import pytest
 import seqio
 
-from data import rows, tasks
-from data.pipeline import BATCH_KEYS, examples_dataset, finetune_lengths
+from data import finetune_rows, rows, tasks
+from data.pipeline import examples_dataset
+from data.rows import BATCH_KEYS, finetune_lengths
 
 TASK, SEQ_LEN, N = "mt_en_de", 64, 24
 
@@ -21,7 +22,7 @@ def seqio_rows():
 
 
 def test_unpacked_rows_equal_seqio_prefix_lm_features(seqio_rows):
-    encoded = rows.encode_examples(TASK, tasks.raw_examples(TASK, "validation")[:N], seq_len=SEQ_LEN)
+    encoded = finetune_rows.encode_examples(TASK, tasks.raw_examples(TASK, "validation")[:N], seq_len=SEQ_LEN)
     built = rows.batches(encoded, batch_size=N, seq_len=SEQ_LEN, pack=False)
     assert len(built) == 1
     for i, expected in enumerate(seqio_rows):
@@ -33,7 +34,7 @@ def test_unpacked_rows_equal_seqio_prefix_lm_features(seqio_rows):
 
 
 def test_packing_keeps_every_segment_intact():
-    encoded = rows.encode_examples(TASK, tasks.raw_examples(TASK, "validation")[:N], seq_len=SEQ_LEN)
+    encoded = finetune_rows.encode_examples(TASK, tasks.raw_examples(TASK, "validation")[:N], seq_len=SEQ_LEN)
     single = rows.batches(encoded, batch_size=N, seq_len=SEQ_LEN, pack=False)[0]
     packed = rows.batches(encoded, batch_size=4, seq_len=SEQ_LEN)
     segments = []
@@ -53,8 +54,8 @@ def test_packing_keeps_every_segment_intact():
 
 def test_finetune_batches_cover_the_nested_subset_each_epoch():
     subset = tasks.finetune_subset(TASK, 40, subset_seed=3)
-    wanted = sorted(t.tolist() for _, t in rows.encode_examples(TASK, subset, seq_len=SEQ_LEN))
-    batches = list(rows.finetune_batches(TASK, finetune_examples=40, subset_seed=3, batch_size=4,
+    wanted = sorted(t.tolist() for _, t in finetune_rows.encode_examples(TASK, subset, seq_len=SEQ_LEN))
+    batches = list(finetune_rows.finetune_batches(TASK, finetune_examples=40, subset_seed=3, batch_size=4,
                                          seq_len=SEQ_LEN, epochs=2, seed=0))
     targets = []
     for batch in batches:
@@ -65,5 +66,5 @@ def test_finetune_batches_cover_the_nested_subset_each_epoch():
                 targets.append(ids[(seg == s) & (weights > 0)].tolist())
     assert sorted(targets) == sorted(wanted + wanted)
     with pytest.raises(ValueError, match="finetune_examples"):
-        next(rows.finetune_batches(TASK, finetune_examples=10**7, subset_seed=0, batch_size=4,
+        next(finetune_rows.finetune_batches(TASK, finetune_examples=10**7, subset_seed=0, batch_size=4,
                                    seq_len=SEQ_LEN, epochs=1))

@@ -1,0 +1,182 @@
+"""Orbax training checkpoints: intermediate ones at token counts (kept forever: the
+pretraining-data axis of the study) and a rolling latest for resume. Each holds three items:
+`params`, `opt_state` (so a model loads without knowing the optimizer) and `meta` (step,
+tokens seen, model config, data position, RNG). Saves are atomic (orbax writes a tmp dir and
+renames it); a partial or corrupt directory is skipped with a warning naming it.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+INTERMEDIATE_DIR = "checkpoints"
+LATEST_DIR = "latest"
+
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint directory was skipped (partial write or unreadable)."""
+
+
+def _partial_dirs(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_dir() and ("tmp" in p.name or not p.name.isdigit()))
+
+
+class CheckpointStore:
+    """Two orbax CheckpointManagers under one workdir: `checkpoints/` (intermediate, never
+    deleted) and `latest/` (rolling, `keep_latest` kept)."""
+
+    def __init__(self, workdir: str | Path, *, keep_latest: int = 2, read_only: bool = False):
+        self.workdir = Path(workdir).absolute()
+        self.read_only = read_only
+        self.dirs = {"intermediate": self.workdir / INTERMEDIATE_DIR, "latest": self.workdir / LATEST_DIR}
+        for kind, directory in self.dirs.items():
+            for partial in _partial_dirs(directory):
+                reason = ("set aside as corrupt by an earlier run" if ".corrupt-" in partial.name
+                          else "incomplete write, e.g. the process died while saving")
+                warnings.warn(f"skipping partial {kind} checkpoint directory {partial} ({reason})",
+                              CheckpointWarning)
+        common = dict(enable_async_checkpointing=False, create=not read_only, read_only=read_only,
+                      cleanup_tmp_directories=not read_only)
+        self.managers = {
+            "intermediate": ocp.CheckpointManager(
+                self.dirs["intermediate"], options=ocp.CheckpointManagerOptions(max_to_keep=None, **common)),
+            "latest": ocp.CheckpointManager(
+                self.dirs["latest"], options=ocp.CheckpointManagerOptions(max_to_keep=keep_latest, **common)),
+        }
+
+    def save(self, step: int, state: dict, meta: dict, *, kind: str) -> None:
+        """Write `state` ({"params", "opt_state"}: pytrees of arrays) and `meta` (JSON) as checkpoint `step`."""
+        meta = dict(meta, step=int(step), kind=kind)
+        self.managers[kind].save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state["params"]), opt_state=ocp.args.StandardSave(state["opt_state"]),
+            meta=ocp.args.JsonSave(meta)), force=True)
+        self.managers[kind].wait_until_finished()
+
+    def steps(self, kind: str) -> list[int]:
+        self.managers[kind].reload()
+        return sorted(self.managers[kind].all_steps())
+
+    def step_dir(self, kind: str, step: int) -> Path:
+        return self.dirs[kind] / str(step)
+
+    def read_meta(self, kind: str, step: int) -> dict:
+        """The JSON record of one checkpoint (no arrays are read)."""
+        restored = self.managers[kind].restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore(self, kind: str, step: int, abstract_state: dict) -> tuple[dict, dict]:
+        """({"params", "opt_state"}, meta) of one checkpoint, placed as `abstract_state`'s shardings say."""
+        restored = self.managers[kind].restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state["params"]),
+            opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]), meta=ocp.args.JsonRestore()))
+        return {"params": restored["params"], "opt_state": restored["opt_state"]}, dict(restored["meta"])
+
+    def restore_params(self, kind: str, step: int, abstract_params: Any) -> tuple[Any, dict]:
+        """(params, meta) of one checkpoint; the optimizer state is not read."""
+        restored = self.managers[kind].restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+        return restored["params"], dict(restored["meta"])
+
+    def candidates(self) -> list[tuple[int, str]]:
+        """(step, kind) newest first; at equal steps prefer the rolling latest."""
+        items = [(s, "latest") for s in self.steps("latest")] + [(s, "intermediate") for s in self.steps("intermediate")]
+        return sorted(items, key=lambda x: (x[0], x[1] == "latest"), reverse=True)
+
+    def restore_newest(self, abstract_state: Any) -> tuple[Any, dict, Path] | None:
+        """Restore the newest readable checkpoint; unreadable ones are skipped with a warning
+        naming the directory. None when there is nothing to resume from."""
+        for step, kind in self.candidates():
+            directory = self.step_dir(kind, step)
+            try:
+                state, meta = self.restore(kind, step, abstract_state)
+            except Exception as error:  # corrupt files: orbax/tensorstore raise many types
+                aside = self._set_aside(kind, step)
+                warnings.warn(f"skipping corrupt {kind} checkpoint directory {directory}"
+                              f"{f' (moved to {aside.name})' if aside else ''}: "
+                              f"{type(error).__name__}: {str(error)[:300]}", CheckpointWarning)
+                continue
+            return state, meta, directory
+        return None
+
+    def _set_aside(self, kind: str, step: int) -> Path | None:
+        """Rename a corrupt step directory (kept for inspection, never deleted) so that the
+        resumed run can write that step again."""
+        if self.read_only:
+            return None
+        directory = self.step_dir(kind, step)
+        aside = directory.with_name(f"{step}.corrupt-{int(time.time())}")
+        os.rename(directory, aside)
+        self.managers[kind].reload()
+        return aside
+
+    def newest_good(self) -> Path | None:
+        """Directory of the newest checkpoint whose metadata reads (for error messages)."""
+        for step, kind in self.candidates():
+            try:
+                self.read_meta(kind, step)
+                return self.step_dir(kind, step)
+            except Exception:
+                continue
+        return None
+
+    def close(self) -> None:
+        for manager in self.managers.values():
+            manager.close()
+
+
+def list_checkpoints(workdir: str | Path) -> list[dict]:
+    """One record per checkpoint: kind, step, tokens, dev loss, directory."""
+    store = CheckpointStore(workdir, read_only=True)
+    rows = []
+    for kind in ("intermediate", "latest"):
+        for step in store.steps(kind):
+            try:
+                meta = store.read_meta(kind, step)
+            except Exception as error:
+                rows.append({"kind": kind, "step": step, "error": f"{type(error).__name__}: {error}"})
+                continue
+            rows.append({"kind": kind, "step": step, "tokens": meta.get("tokens_seen"),
+                         "dev_loss": meta.get("dev_loss"), "train_loss": meta.get("train_loss"),
+                         "model": (meta.get("model_config") or {}).get("name"),
+                         "path": str(store.step_dir(kind, step))})
+    store.close()
+    return rows
+
+
+def find_checkpoint(workdir: str | Path, *, step: int | None = None, tokens: int | None = None) -> tuple[str, int]:
+    """(kind, step) for `--step=N` or `--tokens=T` (the checkpoint with exactly T tokens seen)."""
+    if (step is None) == (tokens is None):
+        raise ValueError("give exactly one of step or tokens")
+    rows = [r for r in list_checkpoints(workdir) if "error" not in r]
+    for row in sorted(rows, key=lambda r: r["kind"] != "intermediate"):
+        if (step is not None and row["step"] == step) or (tokens is not None and row["tokens"] == tokens):
+            return row["kind"], row["step"]
+    available = ", ".join(f"step {r['step']} ({r['tokens']} tokens)" for r in rows) or "none"
+    wanted = f"step {step}" if step is not None else f"{tokens} tokens"
+    raise ValueError(f"no checkpoint with {wanted} in {workdir}; available: {available}")
+
+
+def intermediate_checkpoints(workdir: str | Path) -> list[dict]:
+    """Readable intermediate checkpoints of a workdir (step, tokens, dev_loss, model, path), by step;
+    ValueError if there is none."""
+    rows = [r for r in list_checkpoints(workdir) if r["kind"] == "intermediate" and "error" not in r]
+    if not rows:
+        raise ValueError(f"{workdir} has no readable intermediate checkpoints")
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def last_checkpoint(workdir: str | Path) -> dict:
+    """The newest readable checkpoint (intermediate preferred at equal steps); ValueError if none."""
+    rows = [r for r in list_checkpoints(workdir) if "error" not in r]
+    if not rows:
+        raise ValueError(f"{workdir} is a training workdir without readable checkpoints")
+    return max(rows, key=lambda r: (r["step"], r["kind"] == "intermediate"))

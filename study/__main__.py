@@ -1,0 +1,67 @@
+"""The study from the command line: run it, see where it stands, write its report.
+
+  python -m study --gin_file=gin_configs/studies/demo.gin --workdir=runs/demo [--worker=i --num_workers=n]
+  python -m study status --workdir=runs/demo
+  python -m study report --workdir=runs/demo
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow (seqio) loads with the runner
+
+from study.runner import report_study, run_study, status_text  # noqa: E402
+from study.spec import load_spec  # noqa: E402
+from train.gin_setup import add_gin_flags  # noqa: E402
+
+COMMANDS = ("run", "status", "report")
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m study {command}", description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="the study directory (shared by all workers)")
+    if command == "run":
+        add_gin_flags(parser)
+        parser.add_argument("--worker", type=int, default=int(os.environ.get("STUDY_WORKER", 0)))
+        parser.add_argument("--num_workers", type=int, default=int(os.environ.get("STUDY_NUM_WORKERS", 1)))
+        parser.add_argument("--journal_mode", default="wal", help="'wal' (one host) or 'delete' (network filesystem)")
+        parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+        parser.add_argument("--no_report", action="store_true", help="skip fitting and the report")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    parser = _parser(command)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only restore notices, one per run
+    try:
+        if command == "status":
+            print(status_text(args.workdir))
+            return 0
+        if command == "report":
+            print(f"report: {report_study(Path(args.workdir))}")
+            return 0
+        if not args.gin_file:
+            parser.error("give --gin_file (e.g. gin_configs/studies/demo.gin)")
+        spec = load_spec(args.gin_file, args.gin_param)
+        start = time.perf_counter()
+        counts = run_study(spec, args.workdir, worker=args.worker, num_workers=args.num_workers,
+                           progress=not args.no_progress, report=not args.no_report, journal_mode=args.journal_mode)
+        print(f"study time {time.perf_counter() - start:.0f} s")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
