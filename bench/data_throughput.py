@@ -161,7 +161,7 @@ def main() -> None:
         mt_task, finetune_examples=subset, subset_seed=0, epochs=100, **common), args.steps)
     batch = next(pipeline.pretrain_batches(corpus, pair, seed=0, **common))
     vocabulary = __import__("seqio").get_mixture_or_task(
-        corpus if corpus.startswith("bench") else pipeline._resolve_pretraining(corpus, pair, None)
+        corpus if corpus.startswith("bench") else pipeline.resolve_pretraining(corpus, pair, None)
     ).tasks[0].output_features["targets"].vocabulary
     results["model_train_step_tokens_per_s"] = model_consumption(
         [s for s in args.model_sizes.split(",") if s], batch, max(vocabulary.vocab_size, 8192))

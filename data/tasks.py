@@ -86,6 +86,33 @@ def _string_source(examples_fn: Callable[[str], Sequence[Mapping[str, str]]], sp
     return seqio.FunctionDataSource(dataset_fn, splits=splits)
 
 
+def _document_stream_source(texts_fn: Callable[[str], Sequence[Mapping[str, str]]], splits):
+    """seqio FunctionDataSource over in-memory documents {"targets": text}. Shuffled, it is an
+    endless stream of epochs, each a stateless permutation (index_shuffle of (seed, epoch)) of the
+    documents, so a checkpoint of the iterator holds a position, not a shuffle buffer of the
+    whole corpus (data.pipeline resumes pretraining from it in O(1)); unshuffled, one pass in order."""
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        texts = [e["targets"] for e in texts_fn(split)]
+        if not texts:
+            raise ValueError(f"split {split!r} has no documents")
+        table = tf.constant(texts)
+        if not shuffle_files:
+            return tf.data.Dataset.from_tensor_slices({"targets": table})
+        n = len(texts)
+        seed = 0 if seed is None else int(seed)
+
+        def document(position):
+            epoch, index = position // n, position % n
+            key = tf.stack([tf.constant(seed, tf.int64), epoch])
+            shuffled = tf.random.experimental.index_shuffle(index, key, tf.constant(n - 1, tf.int64))
+            return {"targets": tf.gather(table, shuffled)}
+
+        return tf.data.Dataset.range(tf.int64.max).map(document)
+
+    return seqio.FunctionDataSource(dataset_fn, splits=splits)
+
+
 # ----------------------------------------------------------------------------- pretraining
 
 
@@ -112,7 +139,20 @@ def register_ul2_tasks(
 ) -> list[str]:
     """One seqio Task per denoiser over the documents texts_fn() returns; names prefix_{denoiser}."""
     cached = functools.lru_cache(maxsize=None)(lambda split: split_documents(texts_fn(), split))
-    source = _string_source(cached, PRETRAIN_SPLITS, ["targets"])
+    return register_ul2_source(prefix, _document_stream_source(cached, PRETRAIN_SPLITS), vocabulary,
+                               denoisers=denoisers)
+
+
+def register_ul2_source(
+    prefix: str,
+    source: seqio.DataSource,
+    vocabulary,
+    *,
+    to_documents: Callable | None = None,
+    denoisers: Sequence[str] = tuple(ul2.DENOISERS),
+) -> list[str]:
+    """One seqio Task per denoiser over any seqio DataSource of documents (in-memory corpora, TFDS,
+    text files); `to_documents` maps its examples to {"targets": text} first."""
     names = []
     for name in denoisers:
         denoiser = ul2.DENOISERS[name]
@@ -121,6 +161,7 @@ def register_ul2_tasks(
             source=source,
             output_features=output_features(vocabulary),
             preprocessors=[
+                *([to_documents] if to_documents is not None else []),
                 functools.partial(seqio.preprocessors.tokenize, with_eos=False),
                 *ul2.denoiser_preprocessors(denoiser),
             ],

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import io
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -126,24 +128,55 @@ def pretraining_text(pair: str) -> list[str]:
     return texts
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the per-pair SentencePiece vocabularies.")
+def text_lines(pattern: str, max_lines: int) -> list[str]:
+    """Up to max_lines non-empty lines of the text files matching `pattern` (files in sorted order)."""
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise ValueError(f"no text files match {pattern!r}")
+    lines: list[str] = []
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines.extend(line.strip() for line in handle if line.strip())
+        if len(lines) >= max_lines:
+            break
+    return lines[:max_lines]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train SentencePiece vocabularies: the per-pair ones of the "
+                                                 "committed corpora, or one for your own text files.")
     parser.add_argument("command", choices=["train"])
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS))
+    parser.add_argument("--text_files", default=None, help="glob of your text files (one document per line)")
+    parser.add_argument("--out", default=None, help="with --text_files: where to write the .model")
+    parser.add_argument("--max_lines", type=int, default=2_000_000)
     parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE)
     parser.add_argument("--extra_ids", type=int, default=DEFAULT_EXTRA_IDS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out_dir", default=str(VOCAB_DIR))
     args = parser.parse_args(argv)
-    for pair in args.pairs:
-        texts = pretraining_text(pair)
-        coverage = 0.9995 if pair == "en-zh" else 0.9999
-        path = train_sentencepiece(
-            texts, vocab_path(pair, args.out_dir), vocab_size=args.vocab_size,
-            extra_ids=args.extra_ids, seed=args.seed, character_coverage=coverage,
-        )
-        print(f"{pair}: trained on {len(texts)} texts -> {path}")
+    try:
+        if args.text_files is not None:
+            if not args.out:
+                raise ValueError("--text_files needs --out (the .model path to write)")
+            texts = text_lines(args.text_files, args.max_lines)
+            path = train_sentencepiece(texts, args.out, vocab_size=args.vocab_size, extra_ids=args.extra_ids,
+                                       seed=args.seed)
+            print(f"trained on {len(texts)} lines of {args.text_files} -> {path}")
+            return 0
+        for pair in args.pairs:
+            texts = pretraining_text(pair)
+            coverage = 0.9995 if pair == "en-zh" else 0.9999
+            path = train_sentencepiece(
+                texts, vocab_path(pair, args.out_dir), vocab_size=args.vocab_size,
+                extra_ids=args.extra_ids, seed=args.seed, character_coverage=coverage,
+            )
+            print(f"{pair}: trained on {len(texts)} texts -> {path}")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
