@@ -10,6 +10,7 @@ Finetuning subsets and blended pretraining mixtures are registered on demand (fu
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import zlib
@@ -215,6 +216,30 @@ def pretraining_mixture(
 # name -> callable(split) -> list of {"inputs", "targets", "source", "reference", "stratum"}
 FINETUNE_EXAMPLES: dict[str, Callable[[str], list[dict[str, str]]]] = {}
 FINETUNE_VOCAB: dict[str, str] = {}
+EXAMPLE_KEYS = ("inputs", "targets", "source", "reference", "stratum")
+STREAM_SHUFFLE_BUFFER = 16_384  # examples: a streamed train split is read in file order, then shuffled
+SMALL_SPLIT_LIMIT = 100_000  # a streamed task's validation / test split is read whole (references) up to this
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedSplits:
+    """A finetuning task too large to hold in memory (a TFDS dataset): its split sizes (read from
+    the dataset's metadata, never by counting) and its examples as a tf.data.Dataset of the
+    EXAMPLE_KEYS strings, in a fixed order."""
+
+    sizes: Callable[[str], int]
+    dataset: Callable[[str], tf.data.Dataset]
+
+    def read(self, split: str) -> list[dict[str, str]]:
+        """A small split (validation, test) as a list: evaluation needs its references."""
+        size = self.sizes(split)
+        if size > SMALL_SPLIT_LIMIT:
+            raise ValueError(f"split {split!r} has {size:,} examples: too many to read into memory "
+                             f"(limit {SMALL_SPLIT_LIMIT:,}); stream it (data.pipeline) instead")
+        return [{k: v.decode("utf-8") for k, v in ex.items()} for ex in self.dataset(split).as_numpy_iterator()]
+
+
+STREAMED: dict[str, StreamedSplits] = {}
 
 
 def mt_prefix(source_lang: str, target_lang: str) -> str:
@@ -266,6 +291,39 @@ def register_finetune_task(
     return name
 
 
+def register_streamed_finetune_task(name: str, streamed: StreamedSplits, vocabulary) -> str:
+    """A seqio Task over a streamed finetuning dataset; its small splits also read as lists."""
+    FINETUNE_EXAMPLES[name] = functools.lru_cache(maxsize=None)(streamed.read)
+    FINETUNE_VOCAB[name] = vocabulary
+    STREAMED[name] = streamed
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        ds = streamed.dataset(split)
+        return ds.shuffle(STREAM_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True) if shuffle_files else ds
+
+    _register(name, source=seqio.FunctionDataSource(dataset_fn, splits=FINETUNE_SPLITS),
+              output_features=output_features(vocabulary),
+              preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim])
+    return name
+
+
+def split_size(task: str, split: str) -> int:
+    """Number of examples in a finetuning task's split (streamed tasks: from metadata, no reading)."""
+    task = _known_finetune_task(task)
+    if task in STREAMED:
+        return STREAMED[task].sizes(split)
+    return len(FINETUNE_EXAMPLES[task](split))
+
+
+def subset_indices(split_examples: int, finetune_examples: int, subset_seed: int) -> np.ndarray:
+    """Indices of a streamed task's Df-subset: the first Df of a seeded permutation of the split,
+    so subsets are nested across Df and every host computes the same ones without reading data."""
+    if not 0 < finetune_examples <= split_examples:
+        raise ValueError(f"finetune_examples={finetune_examples}: the train split has {split_examples:,} "
+                         f"examples; choose 1..{split_examples}")
+    return np.random.default_rng(subset_seed).permutation(split_examples)[:finetune_examples]
+
+
 def nested_subset_order(strata: Sequence[str], subset_seed: int) -> np.ndarray:
     """Example order whose every prefix is a Df-subset: nested, and stratum shares preserved.
 
@@ -289,7 +347,9 @@ def nested_subset_order(strata: Sequence[str], subset_seed: int) -> np.ndarray:
 
 
 def finetune_subset(task: str, finetune_examples: int, subset_seed: int) -> list[dict[str, str]]:
-    """The Df-example training subset of a finetuning task (nested across Df for one seed)."""
+    """The Df-example training subset of an in-memory finetuning task (nested across Df for one seed)."""
+    if task in STREAMED:
+        raise ValueError(f"task {task!r} is streamed: its Df subsets are read through data.pipeline.finetune_batches")
     examples = FINETUNE_EXAMPLES[_known_finetune_task(task)]("train")
     if not 0 < finetune_examples <= len(examples):
         raise ValueError(
@@ -303,15 +363,39 @@ def finetune_subset(task: str, finetune_examples: int, subset_seed: int) -> list
 def register_finetune_subset(task: str, finetune_examples: int, subset_seed: int) -> str:
     """Register {task}_df{Df}_seed{seed}: the task with its train split cut to the subset."""
     task = _known_finetune_task(task)
+    name = f"{task}_df{finetune_examples}_seed{subset_seed}"
+    if task in STREAMED:
+        return register_streamed_finetune_task(name, _streamed_subset(STREAMED[task], finetune_examples, subset_seed),
+                                               FINETUNE_VOCAB[task])
     subset = finetune_subset(task, finetune_examples, subset_seed)
     full = FINETUNE_EXAMPLES[task]
 
     def examples(split: str) -> list[dict[str, str]]:
         return subset if split == "train" else full(split)
 
-    return register_finetune_task(
-        f"{task}_df{finetune_examples}_seed{subset_seed}", examples, FINETUNE_VOCAB[task]
-    )
+    return register_finetune_task(name, examples, FINETUNE_VOCAB[task])
+
+
+def _streamed_subset(streamed: StreamedSplits, finetune_examples: int, subset_seed: int) -> StreamedSplits:
+    """The train split filtered to subset_indices (a boolean mask over example positions)."""
+    mask = np.zeros(streamed.sizes("train"), bool)
+    mask[subset_indices(len(mask), finetune_examples, subset_seed)] = True
+
+    def dataset(split: str) -> tf.data.Dataset:
+        if split != "train":
+            return streamed.dataset(split)
+        keep = tf.constant(mask)
+
+        def in_subset(position, example):
+            return keep[position]
+
+        def drop_position(position, example):
+            return example
+
+        return streamed.dataset(split).enumerate().filter(in_subset).map(drop_position)
+
+    return StreamedSplits(sizes=lambda split: finetune_examples if split == "train" else streamed.sizes(split),
+                          dataset=dataset)
 
 
 def _known_finetune_task(task: str) -> str:
@@ -323,67 +407,6 @@ def _known_finetune_task(task: str) -> str:
 def raw_examples(task: str, split: str) -> list[dict[str, str]]:
     """Raw examples of a finetuning task split: inputs (with prefix), source, reference, stratum."""
     return list(FINETUNE_EXAMPLES[_known_finetune_task(task)](split))
-
-
-# ----------------------------------------------------------------------------- TFDS (real scale)
-
-TFDS_TASKS: dict[str, tuple[str, str]] = {}  # task name -> (tfds name, vocabulary pair)
-
-
-def _tfds_translate(src_key: str, tgt_key: str, source_lang: str, target_lang: str):
-    prefix = mt_prefix(source_lang, target_lang)
-
-    @seqio.map_over_dataset
-    def fn(ex):
-        return {"inputs": tf.strings.join([prefix, ex[src_key]]), "targets": ex[tgt_key]}
-
-    return fn
-
-
-def _tfds_summarize(doc_key: str, summary_key: str, lang: str):
-    prefix = summarize_prefix(lang)
-
-    @seqio.map_over_dataset
-    def fn(ex):
-        return {"inputs": tf.strings.join([prefix, ex[doc_key]]), "targets": ex[summary_key]}
-
-    return fn
-
-
-def register_tfds_tasks() -> list[str]:
-    """Register the paper-scale tasks on their TFDS names (lazy: nothing is read or downloaded)."""
-    specs = []
-    for src, tgt in (("en", "de"), ("de", "en")):
-        specs.append((f"tfds_wmt14_{src}_{tgt}", "wmt14_translate/de-en:1.0.0", "en-de",
-                      _tfds_translate(src, tgt, src, tgt)))
-    for src, tgt in (("en", "zh"), ("zh", "en")):
-        specs.append((f"tfds_wmt19_{src}_{tgt}", "wmt19_translate/zh-en:1.0.0", "en-zh",
-                      _tfds_translate(src, tgt, src, tgt)))
-    flores_code = {"en": "eng_Latn", "de": "deu_Latn", "zh": "zho_Hans"}
-    for src, tgt in MT_DIRECTIONS:
-        xx = tgt if src == "en" else src
-        config = f"{flores_code['en']}-{flores_code[xx]}"
-        specs.append((f"tfds_flores200_{src}_{tgt}", f"huggingface:facebook__flores/{config}", f"en-{xx}",
-                      _tfds_translate(f"sentence_{flores_code[src]}", f"sentence_{flores_code[tgt]}", src, tgt)))
-    for lang in ("de", "es", "fr"):
-        specs.append((f"tfds_mlsum_{lang}", f"huggingface:mlsum/{lang}", "en-de",
-                      _tfds_summarize("text", "summary", lang)))
-    specs.append(("tfds_cnn_dailymail_en", "cnn_dailymail:3.4.0", "en-de",
-                  _tfds_summarize("article", "highlights", "en")))
-    names = []
-    for name, tfds_name, pair, preprocess in specs:
-        _register(
-            name,
-            source=seqio.TfdsDataSource(tfds_name=tfds_name),
-            output_features=output_features(vocabulary_for(pair)),
-            preprocessors=[preprocess, seqio.preprocessors.tokenize,
-                           seqio.preprocessors.append_eos_after_trim],
-        )
-        TFDS_TASKS[name] = (tfds_name, pair)
-        names.append(name)
-    summaries = [n for n in names if "mlsum" in n or "cnn" in n]
-    register_mixture("tfds_summarization", {n: 1.0 for n in summaries})
-    return names
 
 
 def register_default_tasks() -> None:
@@ -402,7 +425,9 @@ def register_default_tasks() -> None:
         register_finetune_task(
             f"mt_{src}_{tgt}", functools.partial(_mt_examples, src, tgt), vocabulary_for(pair)
         )
-    register_tfds_tasks()
 
 
 register_default_tasks()
+
+# The paper-scale TFDS finetuning tasks build on this module's registries: registered last.
+from data import tfds_tasks  # noqa: E402,F401

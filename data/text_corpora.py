@@ -16,9 +16,9 @@ from typing import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from data import tasks
+from data.tfds_tasks import check_tfds_prepared
 from data.vocab import DEFAULT_EXTRA_IDS
 
 TEXT_SPLITS = ("train", "validation")
@@ -34,15 +34,6 @@ def _vocabulary(path: str | Path | None, extra_ids: int) -> seqio.SentencePieceV
 def _name(kind: str, spec: object) -> str:
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"ul2_{kind}_{digest}"
-
-
-def check_tfds_prepared(tfds_name: str, data_dir: str | None) -> None:
-    """ValueError naming the dataset and the data_dir when the dataset is not downloaded and prepared."""
-    builder = tfds.builder(tfds_name, data_dir=data_dir)
-    if not tf.io.gfile.exists(builder.data_dir):
-        raise ValueError(f"TFDS dataset {tfds_name!r} is not prepared in {builder.data_dir}; prepare it with "
-                         f"`tfds build {tfds_name.split(':')[0]} --data_dir={data_dir or tfds.core.constants.DATA_DIR}` "
-                         "(or set data_dir / TFDS_DATA_DIR to where it is)")
 
 
 def register_tfds_corpora(sources: Sequence[Mapping], vocabulary: str | Path, *, data_dir: str | None = None,

@@ -27,7 +27,9 @@ from eval import metrics
 from eval.scoring import score_batches
 from model.decode import generate
 
-_MT_RE = re.compile(r"^mt_([a-z]+)_([a-z]+)$")
+# Translation tasks: mt_{src}_{tgt} (bundled corpora) and the TFDS ones (data.tfds_tasks).
+_MT_RE = re.compile(r"^(?P<family>mt|tfds_wmt\d\d|tfds_flores200)_(?P<src>[a-z]+)_(?P<tgt>[a-z]+)(?P<test>_newstest\d{4})?$")
+_SUMMARIZE_PREFIXES = ("summarize_", "tfds_mlsum_", "tfds_cnn_dailymail")
 _VIEWS: dict[str, tuple[str, str | None, int | None]] = {}  # view name -> (base task, stratum, max_examples)
 
 
@@ -43,8 +45,8 @@ def _base_task(task: str) -> str:
 def check_task(task: str) -> str:
     """The task name if it is a registered finetuning task, else a ValueError listing valid ones."""
     if task not in data_tasks.FINETUNE_EXAMPLES:
-        valid = sorted(n for n in data_tasks.FINETUNE_EXAMPLES if n.startswith(("mt_", "summarize_"))
-                       and "_df" not in n and n not in _VIEWS)
+        valid = sorted(n for n in data_tasks.FINETUNE_EXAMPLES if "_df" not in n and n not in _VIEWS
+                       and (_MT_RE.match(n) or n.startswith(_SUMMARIZE_PREFIXES)))
         raise ValueError(f"unknown task {task!r}; valid: {valid}")
     return task
 
@@ -54,15 +56,16 @@ def task_kind(task: str) -> str:
     base = _base_task(task)
     if _MT_RE.match(base):
         return "mt"
-    if base.startswith("summarize_"):
+    if base.startswith(_SUMMARIZE_PREFIXES):
         return "summarize"
-    raise ValueError(f"task {task!r} is neither translation (mt_*) nor summarization (summarize_*)")
+    raise ValueError(f"task {task!r} is neither translation (mt_*, tfds_wmt*, tfds_flores200_*) nor "
+                     f"summarization ({', '.join(p + '*' for p in _SUMMARIZE_PREFIXES)})")
 
 
 def target_language(task: str) -> str | None:
     """The target language of a translation task (its BLEU tokenizer), None for summarization."""
     match = _MT_RE.match(_base_task(task))
-    return match.group(2) if match else None
+    return match.group("tgt") if match else None
 
 
 def task_vocabulary(task: str) -> seqio.SentencePieceVocabulary:
@@ -264,9 +267,11 @@ def zero_shot_targets(task: str) -> dict[str, tuple[str, str, str | None]]:
     targets: dict[str, tuple[str, str, str | None]] = {}
     match = _MT_RE.match(base)
     if match:
-        reverse = f"mt_{match.group(2)}_{match.group(1)}"
+        reverse = f"{match['family']}_{match['tgt']}_{match['src']}{match['test'] or ''}"
         if reverse in data_tasks.FINETUNE_EXAMPLES:
             targets[reverse] = (reverse, "test", None)
+    if base in data_tasks.STREAMED:  # no domain strata (and the train split is not read into memory)
+        return targets
     if own_stratum is not None:
         dominant = own_stratum
     else:

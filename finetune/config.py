@@ -182,7 +182,7 @@ class FinetuneConfig:
         if prompt + self.seq_len > model.max_len:
             raise ValueError(f"prompt_length={prompt} + seq_len={self.seq_len} = {prompt + self.seq_len} exceeds "
                              f"max_len={model.max_len} of model {model.name!r}; shorten the prompt or the sequences")
-        train_size = len(tasks.raw_examples(self.task, "train"))
+        train_size = tasks.split_size(self.task, "train")
         if self.finetune_examples > train_size:
             raise ValueError(f"FinetuneConfig.finetune_examples={self.finetune_examples} is larger than the "
                              f"{train_size} training examples of task {self.task!r}; choose 1..{train_size}")

@@ -28,6 +28,7 @@ import gin
 from checkpoints.adapters import ADAPTER_FILE, export_finetuned, load_adapter_model, save_adapter
 from checkpoints.atomic import write_json_atomic, write_text_atomic
 from checkpoints.load import load_checkpoint_params
+from data import pipeline, tasks
 from data.finetune_rows import finetune_batches, split_batches
 from eval.evaluate import evaluate_task, evaluate_zero_shot
 from finetune.config import CheckpointInfo, FinetuneConfig
@@ -50,12 +51,15 @@ log = logging.getLogger(__name__)
 
 def train_batches(config: FinetuneConfig) -> list[dict]:
     """The run's training batches, in order: `epochs` passes over the Df subset, or exactly
-    `num_steps` batches (as many passes as that takes). Built in numpy from cached ids
-    (data.rows): a study's many runs skip a tf.data pipeline each."""
+    `num_steps` batches (as many passes as that takes). In-memory tasks build them in numpy from
+    cached ids (data.finetune_rows: a study's many runs skip a tf.data pipeline each); streamed
+    (TFDS) tasks read their subset through data.pipeline."""
+    batches = pipeline.finetune_batches if config.task in tasks.STREAMED else finetune_batches
+
     def passes(epochs: int) -> list[dict]:
-        return list(finetune_batches(config.task, finetune_examples=config.finetune_examples,
-                                     subset_seed=config.subset_seed, batch_size=config.batch_size,
-                                     seq_len=config.seq_len, epochs=epochs, seed=config.seed))
+        return list(batches(config.task, finetune_examples=config.finetune_examples,
+                            subset_seed=config.subset_seed, batch_size=config.batch_size,
+                            seq_len=config.seq_len, epochs=epochs, seed=config.seed))
 
     if config.epochs is not None:
         return passes(config.epochs)

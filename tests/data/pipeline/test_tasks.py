@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import seqio
 
-from data import tasks, ul2
+from data import tasks, tfds_tasks, ul2
 
 
 def test_default_offline_tasks_and_ul2_mixtures_are_registered():
@@ -104,10 +104,10 @@ def test_tfds_tasks_registered_under_their_names():
         "tfds_mlsum_fr": "huggingface:mlsum/fr",
         "tfds_cnn_dailymail_en": "cnn_dailymail:3.4.0",
     }
+    specs = {spec.name: spec for spec in tfds_tasks.specs()}
     for name, tfds_name in expected.items():
         task = seqio.get_mixture_or_task(name)
-        assert isinstance(task.source, seqio.TfdsDataSource)
-        assert task.source.tfds_dataset.name == tfds_name
+        assert specs[name].tfds_name == tfds_name and name in tasks.STREAMED  # a streamed finetuning task
         assert set(task.output_features) == {"inputs", "targets"}
     summaries = seqio.get_mixture_or_task("tfds_summarization")
     assert {t.name for t in summaries.tasks} == {n for n in expected if "mlsum" in n or "cnn" in n}
