@@ -141,8 +141,12 @@ class ResumableBatches:
     STATE_PREFIX = "iterator"
 
     def __init__(self, dataset: tf.data.Dataset, *, start_step: int = 0, state: str | Path | None = None):
-        if state is None and start_step:
-            dataset = dataset.skip(start_step)
+        # Always a Skip node (of 0 batches when a state is restored, kept by turning off tf.data's
+        # no-op elimination): an iterator checkpoint only restores into a pipeline of the same
+        # structure as the one that saved it, whether that one replayed or was restored itself.
+        options = tf.data.Options()
+        options.experimental_optimization.noop_elimination = False
+        dataset = dataset.skip(0 if state is not None else start_step).with_options(options)
         self._iterator = iter(dataset.prefetch(tf.data.AUTOTUNE))
         if state is not None:
             prefix = str(Path(state) / self.STATE_PREFIX)

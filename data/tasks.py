@@ -38,6 +38,11 @@ VALIDATION_PERCENT = 1  # of monolingual documents held out (by a stable hash) f
 SHUFFLE_BUFFER = 256
 
 
+class DataUnavailableError(ValueError):
+    """Data a job needs is not on this machine (not downloaded or prepared); the message says where
+    it was looked for and how to get it. Planning reports it as a check deferred to the cluster."""
+
+
 def pair_name(pair: str) -> str:
     return pair.replace("-", "_")
 
@@ -396,6 +401,29 @@ def _streamed_subset(streamed: StreamedSplits, finetune_examples: int, subset_se
 
     return StreamedSplits(sizes=lambda split: finetune_examples if split == "train" else streamed.sizes(split),
                           dataset=dataset)
+
+
+VOCABULARY_VARIANTS: dict[str, tuple[str, str]] = {}  # variant name -> (task, SentencePiece model path)
+
+
+def with_vocabulary(task: str, vocabulary_path: str | None) -> str:
+    """The finetuning task tokenized with another SentencePiece model (the one a checkpoint was
+    pretrained with): registered once as {task}__vocab_{hash}; None returns the task itself."""
+    task = _known_finetune_task(task)
+    if vocabulary_path is None:
+        return task
+    if not tf.io.gfile.exists(str(vocabulary_path)):
+        raise DataUnavailableError(f"vocabulary {vocabulary_path} does not exist (needed to tokenize task {task!r})")
+    digest = hashlib.sha1(str(vocabulary_path).encode()).hexdigest()[:8]
+    name = f"{task}__vocab_{digest}"
+    if name not in VOCABULARY_VARIANTS:
+        vocabulary = seqio.SentencePieceVocabulary(str(vocabulary_path), extra_ids=DEFAULT_EXTRA_IDS)
+        if task in STREAMED:
+            register_streamed_finetune_task(name, STREAMED[task], vocabulary)
+        else:
+            register_finetune_task(name, FINETUNE_EXAMPLES[task], vocabulary)
+        VOCABULARY_VARIANTS[name] = (task, str(vocabulary_path))
+    return name
 
 
 def _known_finetune_task(task: str) -> str:

@@ -18,6 +18,7 @@ import seqio
 import tensorflow as tf
 
 from data import tasks
+from data.tasks import DataUnavailableError
 from data.tfds_tasks import check_tfds_prepared
 from data.vocab import DEFAULT_EXTRA_IDS
 
@@ -25,8 +26,10 @@ TEXT_SPLITS = ("train", "validation")
 
 
 def _vocabulary(path: str | Path | None, extra_ids: int) -> seqio.SentencePieceVocabulary:
-    if path is None or not Path(path).is_file():
-        raise ValueError(f"vocabulary {path} does not exist; train one on a sample of the corpus with "
+    if path is None:
+        raise ValueError("no vocabulary given: set the SentencePiece model path (e.g. VOCABULARY in the gin file)")
+    if not Path(path).is_file():
+        raise DataUnavailableError(f"vocabulary {path} does not exist; train one on a sample of the corpus with "
                          "`python -m data.vocab train --text_files=GLOB --out=PATH --vocab_size=N`")
     return seqio.SentencePieceVocabulary(str(path), extra_ids=extra_ids)
 
@@ -75,8 +78,10 @@ def register_text_files(files: Mapping[str, str], vocabulary: str | Path, *,
     if set(files) != set(TEXT_SPLITS):
         raise ValueError(f"text files must be given per split {list(TEXT_SPLITS)}, got {sorted(files)}")
     for split, pattern in files.items():
-        if not isinstance(pattern, str) or not tf.io.gfile.glob(pattern):
-            raise ValueError(f"no {split} text files match {pattern!r}")
+        if not isinstance(pattern, str):
+            raise ValueError(f"text files for {split} must be a glob string, got {pattern!r}")
+        if not tf.io.gfile.glob(pattern):
+            raise DataUnavailableError(f"no {split} text files match {pattern!r}")
     source = seqio.TextLineDataSource(split_to_filepattern=dict(files))
     prefix = _name("files", {"files": dict(files), "vocabulary": str(vocabulary)})
     tasks.register_ul2_source(prefix, source, _vocabulary(vocabulary, extra_ids), to_documents=_line_to_document)

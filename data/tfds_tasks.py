@@ -19,7 +19,7 @@ from sacrebleu.dataset import DATASETS as SACREBLEU_SETS
 from sacrebleu.utils import SACREBLEU_DIR
 
 from data import tasks
-from data.tasks import EXAMPLE_KEYS, MT_DIRECTIONS, StreamedSplits, mt_prefix, summarize_prefix
+from data.tasks import EXAMPLE_KEYS, MT_DIRECTIONS, DataUnavailableError, StreamedSplits, mt_prefix, summarize_prefix
 
 STANDARD_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 # Split sizes from the TFDS catalog, used to plan (Df against the train split) before a dataset
@@ -29,10 +29,10 @@ NEWSTEST_SETS = ("wmt20", "wmt21", "wmt22")  # newstest2020-2022, the test sets 
 
 
 def check_tfds_prepared(tfds_name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """The dataset's builder; ValueError naming the dataset and the data_dir when it is not prepared."""
+    """The dataset's builder; DataUnavailableError naming the dataset and the data_dir when it is not prepared."""
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     if not tf.io.gfile.exists(builder.data_dir):
-        raise ValueError(f"TFDS dataset {tfds_name!r} is not prepared in {builder.data_dir}; prepare it with "
+        raise DataUnavailableError(f"TFDS dataset {tfds_name!r} is not prepared in {builder.data_dir}; prepare it with "
                          f"`tfds build {tfds_name.split(':')[0]} --data_dir={data_dir or tfds.core.constants.DATA_DIR}` "
                          "(or set data_dir / TFDS_DATA_DIR to where it is)")
     return builder
@@ -57,7 +57,7 @@ class TfdsFinetuneSpec:
             raise ValueError(f"task {self.name!r} has no {split!r} split (it has {sorted(self.splits)})")
         try:
             builder = check_tfds_prepared(self.tfds_name)
-        except ValueError:
+        except DataUnavailableError:
             if self.tfds_name in DOCUMENTED_SIZES:
                 return DOCUMENTED_SIZES[self.tfds_name][self.splits[split]]
             raise
@@ -80,7 +80,7 @@ def _sacrebleu_examples(test_set: str, langpair: str, prefix: str) -> list[dict[
         sources = list(dataset.source(langpair))
         references = [refs[0].strip() for refs in dataset.references(langpair)]
     except Exception as error:  # noqa: BLE001  (download and file errors of every kind)
-        raise ValueError(f"test set {test_set} {langpair} is not available in {SACREBLEU_DIR} and could not be "
+        raise DataUnavailableError(f"test set {test_set} {langpair} is not available in {SACREBLEU_DIR} and could not be "
                          f"downloaded ({type(error).__name__}: {error}); fetch it where there is network with "
                          f"`sacrebleu -t {test_set} -l {langpair} --echo src` and copy {SACREBLEU_DIR}") from None
     return [{"inputs": prefix + s, "targets": r, "source": s, "reference": r, "stratum": test_set}

@@ -37,9 +37,11 @@ _VIEWS: dict[str, tuple[str, str | None, int | None]] = {}  # view name -> (base
 
 
 def _base_task(task: str) -> str:
-    """The registered task a view or a Df-subset task (name_df{Df}_seed{s}) was made from."""
+    """The registered task a view, a Df-subset task (name_df{Df}_seed{s}) or a vocabulary variant
+    (data.tasks.with_vocabulary) was made from."""
     task = _VIEWS[task][0] if task in _VIEWS else task
-    return re.sub(r"_df\d+_seed\d+$", "", task)
+    task = re.sub(r"_df\d+_seed\d+$", "", task)
+    return data_tasks.VOCABULARY_VARIANTS.get(task, (task, None))[0]
 
 
 def check_task(task: str) -> str:
@@ -265,11 +267,12 @@ def zero_shot_targets(task: str) -> dict[str, tuple[str, str, str | None]]:
     if task_kind(base) != "mt":
         return {}
     targets: dict[str, tuple[str, str, str | None]] = {}
-    match = _MT_RE.match(base)
+    original, vocabulary = data_tasks.VOCABULARY_VARIANTS.get(base, (base, None))
+    match = _MT_RE.match(original)
     if match:
         reverse = f"{match['family']}_{match['tgt']}_{match['src']}{match['test'] or ''}"
         if reverse in data_tasks.FINETUNE_EXAMPLES:
-            targets[reverse] = (reverse, "test", None)
+            targets[reverse] = (data_tasks.with_vocabulary(reverse, vocabulary), "test", None)
     if base in data_tasks.STREAMED:  # no domain strata (and the train split is not read into memory)
         return targets
     if own_stratum is not None:

@@ -14,7 +14,7 @@ import gin
 
 from checkpoints.load import read_checkpoint_meta
 from data import tasks
-from data.vocab import vocab_path
+from data.vocab import PAIRS, vocab_path
 from model.config import ModelConfig
 from model.methods import MethodSpec
 from model.variables import METHODS
@@ -38,6 +38,7 @@ class CheckpointInfo:
     model_config: ModelConfig
     corpus: str
     pair: str | None
+    vocabulary: str | None  # the SentencePiece model it was pretrained with, where the data record says
 
 
 @gin.configurable(module="finetune")
@@ -160,21 +161,26 @@ class FinetuneConfig:
         position = meta.get("data_position") or {}
         corpus = position.get("corpus", position.get("source", "unknown"))
         corpus = corpus if isinstance(corpus, str) else "+".join(f"{k}:{v:g}" for k, v in sorted(corpus.items()))
+        vocabulary = position.get("vocabulary") or (str(vocab_path(position["pair"])) if position.get("pair") else None)
         return CheckpointInfo(workdir=str(workdir.absolute()), kind=meta["kind"], step=int(meta["step"]),
                               tokens_seen=int(meta["tokens_seen"]),
                               model_config=ModelConfig.from_dict(meta["model_config"]),
-                              corpus=corpus or "unknown", pair=position.get("pair"))
+                              corpus=corpus or "unknown", pair=position.get("pair"), vocabulary=vocabulary)
 
-    def validate(self) -> CheckpointInfo:
-        """Every check before any compute; returns the resolved checkpoint. Raises ValueError naming
-        the bad value: unknown method, LoRA rank above the layer width, prompt + sequence longer than
-        the model's max_len, Df larger than the train split, missing checkpoint, task vocabulary
-        different from the checkpoint's."""
-        self.validate_fields()
-        if self.task not in tasks.FINETUNE_EXAMPLES:
-            raise ValueError(f"unknown finetuning task {self.task!r}; valid: {sorted(tasks.FINETUNE_EXAMPLES)}")
-        info = self.resolve_checkpoint()
-        model = info.model_config
+    def data_task(self, pretrain_vocabulary: str | None) -> str:
+        """The registered task the run reads: the task itself, or, for a checkpoint pretrained with
+        your own SentencePiece model (not one of the bundled pairs'), the task tokenized with it
+        (data.tasks.with_vocabulary)."""
+        bundled = {vocab_path(pair).resolve() for pair in PAIRS}
+        if pretrain_vocabulary is None or Path(pretrain_vocabulary).resolve() in bundled:
+            return self.task
+        return tasks.with_vocabulary(self.task, pretrain_vocabulary)
+
+    def validate_for_model(self, model: ModelConfig, pretrain_vocabulary: str | None) -> None:
+        """The checks that need the model to be finetuned and its pretraining vocabulary, not the
+        checkpoint itself (study planning makes them from the gin-configured model): LoRA rank above
+        the layer width, prompt + sequence longer than max_len, Df larger than the train split, a
+        vocabulary size different from the model's."""
         if self.method == "lora" and self.lora_rank > model.d_model:
             raise ValueError(f"FinetuneConfig.lora_rank={self.lora_rank} exceeds the layer width "
                              f"d_model={model.d_model} of model {model.name!r}; choose 1..{model.d_model}")
@@ -186,15 +192,24 @@ class FinetuneConfig:
         if self.finetune_examples > train_size:
             raise ValueError(f"FinetuneConfig.finetune_examples={self.finetune_examples} is larger than the "
                              f"{train_size} training examples of task {self.task!r}; choose 1..{train_size}")
-        vocabulary = tasks.FINETUNE_VOCAB[self.task]
-        task_vocab = int(vocabulary.vocab_size)
-        if task_vocab != model.vocab_size:
-            raise ValueError(f"task {self.task!r} uses a vocabulary of {task_vocab} tokens but the checkpoint's "
-                             f"model has vocab_size={model.vocab_size} (pretrained on pair {info.pair!r}); "
-                             "finetune a checkpoint pretrained with the task's language pair")
-        if info.pair is not None:
-            if Path(vocabulary.sentencepiece_model_file).resolve() != vocab_path(info.pair).resolve():
-                raise ValueError(f"task {self.task!r} uses vocabulary {vocabulary.sentencepiece_model_file} but the "
-                                 f"checkpoint was pretrained on pair {info.pair!r} ({vocab_path(info.pair)}); "
-                                 "finetune a checkpoint pretrained with the task's language pair")
+        vocabulary = tasks.FINETUNE_VOCAB[self.data_task(pretrain_vocabulary)]
+        used = Path(vocabulary.sentencepiece_model_file).resolve()
+        if pretrain_vocabulary is not None and used != Path(pretrain_vocabulary).resolve():
+            raise ValueError(f"task {self.task!r} uses vocabulary {vocabulary.sentencepiece_model_file} but the "
+                             f"checkpoint was pretrained with {pretrain_vocabulary}; finetune a checkpoint "
+                             "pretrained with the task's language pair")
+        if int(vocabulary.vocab_size) != model.vocab_size:
+            raise ValueError(f"task {self.task!r} tokenized with {vocabulary.sentencepiece_model_file} has "
+                             f"{int(vocabulary.vocab_size)} ids but model {model.name!r} has vocab_size="
+                             f"{model.vocab_size} (pretrained with {pretrain_vocabulary or 'an unknown vocabulary'}); "
+                             "finetune a checkpoint pretrained with the task's language pair or vocabulary")
+
+    def validate(self) -> CheckpointInfo:
+        """Every check before any compute; returns the resolved checkpoint. Raises ValueError naming
+        the bad value: unknown task or method, missing checkpoint, and validate_for_model's checks."""
+        self.validate_fields()
+        if self.task not in tasks.FINETUNE_EXAMPLES:
+            raise ValueError(f"unknown finetuning task {self.task!r}; valid: {sorted(tasks.FINETUNE_EXAMPLES)}")
+        info = self.resolve_checkpoint()
+        self.validate_for_model(info.model_config, info.vocabulary)
         return info

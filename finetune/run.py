@@ -49,15 +49,15 @@ STANDARD_KEYS = {"ppl", "log_ppl", "mean_log_likelihood", "target_tokens", "bleu
 log = logging.getLogger(__name__)
 
 
-def train_batches(config: FinetuneConfig) -> list[dict]:
+def train_batches(config: FinetuneConfig, task: str) -> list[dict]:
     """The run's training batches, in order: `epochs` passes over the Df subset, or exactly
     `num_steps` batches (as many passes as that takes). In-memory tasks build them in numpy from
     cached ids (data.finetune_rows: a study's many runs skip a tf.data pipeline each); streamed
-    (TFDS) tasks read their subset through data.pipeline."""
-    batches = pipeline.finetune_batches if config.task in tasks.STREAMED else finetune_batches
+    (TFDS) tasks read their subset through data.pipeline. `task`: config.data_task(...)."""
+    batches = pipeline.finetune_batches if task in tasks.STREAMED else finetune_batches
 
     def passes(epochs: int) -> list[dict]:
-        return list(batches(config.task, finetune_examples=config.finetune_examples,
+        return list(batches(task, finetune_examples=config.finetune_examples,
                             subset_seed=config.subset_seed, batch_size=config.batch_size,
                             seq_len=config.seq_len, epochs=epochs, seed=config.seed))
 
@@ -67,9 +67,9 @@ def train_batches(config: FinetuneConfig) -> list[dict]:
     return passes(math.ceil(config.num_steps / max(len(one), 1)))[: config.num_steps]
 
 
-def dev_batches(config: FinetuneConfig) -> list[dict]:
+def dev_batches(config: FinetuneConfig, task: str) -> list[dict]:
     """Fixed validation batches for dev token PPL (model selection)."""
-    return split_batches(config.task, "validation", batch_size=config.eval_batch_size, seq_len=config.seq_len,
+    return split_batches(task, "validation", batch_size=config.eval_batch_size, seq_len=config.seq_len,
                          max_batches=config.dev_max_batches)
 
 
@@ -98,12 +98,13 @@ def _train(config: FinetuneConfig, info: CheckpointInfo, workdir: Path, progress
     model_config, base_params, _ = load_checkpoint_params(info.workdir, step=info.step)
     spec = config.method_spec
     model = build_model(model_config, base_params, spec, seed=config.seed)
-    batches = train_batches(config)
+    task = config.data_task(info.vocabulary)
+    batches = train_batches(config, task)
     log.info("finetuning %s (%s) from %s step %d on %s: %d steps", model_config.name, spec, info.workdir,
              info.step, config.task, len(batches))
     metrics = _MetricsFile(workdir / METRICS_FILE)
     try:
-        return finetune_loop(model, spec, batches, dev_batches(config), peak_learning_rate=config.peak_learning_rate,
+        return finetune_loop(model, spec, batches, dev_batches(config, task), peak_learning_rate=config.peak_learning_rate,
                              final_learning_fraction=config.final_learning_fraction,
                              parameter_scale=config.use_parameter_scale, eval_every_steps=config.eval_every_steps,
                              patience=config.patience, seed=config.seed, progress=progress, log=metrics)
@@ -126,8 +127,9 @@ def _result(loop: LoopResult, config: FinetuneConfig, info: CheckpointInfo, star
     """Evaluate the selected model (test PPL, decoding metrics, zero-shot) into a validated RunResult."""
     options = dict(batch_size=config.eval_batch_size, seq_len=config.seq_len, max_examples=config.eval_max_examples,
                    decode=config.decode, max_new_tokens=config.max_new_tokens)
-    test = evaluate_task(loop.model, config.task, split="test", **options)
-    zero_shot = evaluate_zero_shot(loop.model, config.task, **options)
+    task = config.data_task(info.vocabulary)
+    test = evaluate_task(loop.model, task, split="test", **options)
+    zero_shot = evaluate_zero_shot(loop.model, task, **options)
     counts = count_params(info.model_config)
     log_ppl = float(test["log_ppl"])
     extra = {"test_mean_log_likelihood": test.get("mean_log_likelihood"), "test_target_tokens": test.get("target_tokens"),

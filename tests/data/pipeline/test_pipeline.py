@@ -82,8 +82,8 @@ def test_saved_position_resumes_bit_exact_in_constant_time(small_mixture, tmp_pa
     """The O(1) resume: a saved iterator position continues exactly where the run was, the state
     holds positions and small buffers (not the corpus), and an epoch is a permutation of the documents."""
     common = dict(batch_size=2, seq_len=SEQ_LEN, seed=1)
-    run = pipeline.pretrain_batches(small_mixture, **common)
-    _take(run, 4)
+    run = pipeline.pretrain_batches(small_mixture, start_step=2, **common)  # a run that itself resumed by replay
+    _take(run, 2)
     run.save(tmp_path / "position")
     rest = _take(run, 3)
     resumed = _take(pipeline.pretrain_batches(small_mixture, state=tmp_path / "position", **common), 3)
