@@ -114,6 +114,8 @@ class StudySpec:
     laws: Sequence[str] = ("multiplicative", "additive")
     df_law: str = "power"                               # single-variable law per size and method
     holdout: str = "max"                                # held-out points of every fit (laws.heldout_mask)
+    residual: str = "raw"                               # Zhang Eq. 2: prediction - observation; 'log': Hoffmann/Epoch
+    isik_fit_points: int = 4                            # Isik laws fitted on the first k Dp values, scored on the rest
     bootstrap_resamples: int = 100
     trajectories: bool = True                           # Trajectories section when several sizes
     trajectory_limits: dict = dataclasses.field(default_factory=dict)
@@ -258,6 +260,10 @@ class StudySpec:
             raise ValueError(f"StudySpec.df_law={self.df_law!r} must be a one-input law of {sorted(k for k, v in LAWS.items() if v.n_inputs == 1)}")
         if self.holdout not in ("max", "none"):
             raise ValueError(f"StudySpec.holdout={self.holdout!r}; valid: 'max' (largest value of each factor, as Zhang et al.) or 'none'")
+        if self.residual not in ("raw", "log"):
+            raise ValueError(f"StudySpec.residual={self.residual!r}; valid: 'raw' (Zhang et al. Eq. 2) or 'log' "
+                             "(Hoffmann et al. / Epoch)")
+        _check_ints([self.isik_fit_points], "isik_fit_points", minimum=2)
         if isinstance(self.bootstrap_resamples, bool) or not isinstance(self.bootstrap_resamples, int) or \
                 (self.bootstrap_resamples != 0 and self.bootstrap_resamples < 2):
             raise ValueError(f"StudySpec.bootstrap_resamples={self.bootstrap_resamples!r} must be 0 (off) or an integer >= 2")
