@@ -19,10 +19,11 @@ from model.config import ModelConfig
 from model.methods import MethodSpec
 from model.variables import METHODS
 
-# Method default peak learning rates. FMT and prompt use Adafactor's parameter-scale
+# Method default peak learning rates (ours: Zhang et al.'s appendix values could not be checked
+# here, so none is claimed to be theirs). FMT and prompt use Adafactor's parameter-scale
 # multiplication (relative steps: 1e-3 as t5x finetuning; 0.3 for the prompt as Lester et al.
 # 2021); LoRA does not, because B starts at zero, where a parameter-scaled step is ~lr * 1e-3
-# and LoRA would barely move, so its rate is an absolute step size.
+# and LoRA would barely move, so its rate is an absolute step size (3e-3: ours).
 DEFAULT_LEARNING_RATES = {"fmt": 1e-3, "lora": 3e-3, "prompt": 0.3}
 DEFAULT_PARAMETER_SCALE = {"fmt": True, "lora": False, "prompt": True}
 
