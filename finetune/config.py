@@ -175,6 +175,9 @@ class FinetuneConfig:
                              f"method default {DEFAULT_LEARNING_RATES.get(self.method)})")
         if not isinstance(self.from_scratch, bool):
             raise ValueError(f"FinetuneConfig.from_scratch={self.from_scratch!r} must be True or False")
+        if self.from_scratch and self.method != "fmt":
+            raise ValueError(f"FinetuneConfig.from_scratch trains every weight from its initialisation: method must be "
+                             f"'fmt', got {self.method!r} (a PET method would freeze random weights)")
         if self.parameter_scale is not None and not isinstance(self.parameter_scale, bool):
             raise ValueError(f"FinetuneConfig.parameter_scale={self.parameter_scale!r} must be True, False or None")
         if not 0.0 < float(self.final_learning_fraction) <= 1.0:

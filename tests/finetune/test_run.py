@@ -44,6 +44,7 @@ def clean_gin():
     (dict(num_steps=None, max_steps=8), r"max_steps=8 trains until dev PPL stops improving: set patience"),
     (dict(min_steps=4), r"min_steps \(4\) and min_epochs \(None\) belong to the train-until-converged rule"),
     (dict(num_steps=None, max_steps=8, patience=1, min_steps=9), r"min_steps=9 exceeds max_steps=8"),
+    (dict(from_scratch=True), r"from_scratch .* method must be 'fmt', got 'lora'"),
     (dict(task="mt_en_fr"), r"unknown finetuning task 'mt_en_fr'"),
 ])
 def test_bad_inputs_raise_clear_value_errors(smoke_pretrain_dir, changes, message, tmp_path):
