@@ -115,8 +115,8 @@ def test_cli_run_writes_one_complete_result_and_rerun_is_a_noop(smoke_pretrain_d
 def test_train_until_converged_from_scratch_records_how_long_and_why(smoke_pretrain_dir, tmp_path):
     """The rule's run: at least min_epochs epochs, then patience; the result records steps run,
     epochs seen and the stop reason; from scratch, it records 0 pretraining tokens."""
-    config = small_config(smoke_pretrain_dir, num_steps=None, max_steps=12, min_epochs=1, patience=1,
-                          from_scratch=True)
+    config = small_config(smoke_pretrain_dir, method="fmt", learning_rate=None, parameter_scale=None, num_steps=None,
+                          max_steps=12, min_epochs=1, patience=1, from_scratch=True)
     assert config.to_dict()["from_scratch"] is True and config.to_dict()["max_steps"] == 12
     assert not {"max_steps", "min_steps", "min_epochs", "from_scratch"} & set(small_config(smoke_pretrain_dir).to_dict())
     result = ft_run.run_finetune(config, tmp_path / "run", progress=False)
