@@ -109,7 +109,9 @@ def critical_df(crit: pd.DataFrame, spec: StudySpec) -> str:
         better = none["better_at_largest_Df"].value_counts().to_dict()
         lines.append(f"{len(none)} (pair, factor value) combination(s) do not cross up to "
                      f"{100 * max(spec.finetune_examples):,} examples (better there: {better})")
-    return head + " Here: " + "; ".join(lines) + "."
+    agree = int(((crit["critical_Df"].notna()) & (crit["better_at_largest_Df"] == "fmt")).sum())
+    return (head + " Here: " + "; ".join(lines) + f". Rule: agrees where the curves cross with FMT better above the "
+            f"crossing; {agree} of {len(crit)}: {_verdict(agree, len(crit) - agree)}.")
 
 
 def df_power_law(fits: list[DfFit], spec: StudySpec) -> str:
