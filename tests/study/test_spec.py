@@ -107,7 +107,7 @@ def test_presets_parse_and_validate():
     smoke = load_spec(["gin_configs/studies/smoke.gin"])
     assert smoke.name == "smoke" and {"fmt", "lora"} <= set(smoke.methods) and len(smoke.dp_values) >= 2
     demo = load_spec(["gin_configs/studies/demo.gin"])
-    assert demo.sizes == ("xs", "s", "m", "l") and "fmt" in demo.methods
+    assert demo.sizes == ("xs", "s", "m") and "fmt" in demo.methods
     assert max(demo.finetune_examples) / min(demo.finetune_examples) >= 16 and len(demo.seeds) == 2
     assert demo.max_steps is not None and demo.patience and demo.residual == "raw"   # the protocol of issue 17
     alignment = load_spec(["gin_configs/studies/alignment.gin"])
