@@ -2,7 +2,8 @@
 
 R: span corruption (mean span 3 and 8, 15% noise), mode token [NLU].
 X: extreme corruption (3, 50%), (8, 50%), (64, 15%), (64, 50%), mode token [NLG].
-S: prefix LM with a uniformly random split point, mode token [S2S].
+S: prefix LM with a uniformly random split point (T5's random_prefix_noise_mask, as in the UL2
+   paper's appendix code: about half the chunk is target), mode token [S2S].
 Each denoiser cuts the concatenated token stream into raw chunks sized so that its example
 (mode token + corrupted inputs + EOS + targets + EOS) fits one packed row of the target length.
 Our own code (ARCHITECTURE.md: the `t5` package is not a dependency); span noise follows T5's recipe.
@@ -51,8 +52,10 @@ DENOISERS: dict[str, Denoiser] = {
     )
 }
 
-# UL2 recipe: S-denoising about 20% of examples, the other 80% split evenly over the six
-# span-corruption denoisers (R 2/6, X 4/6 of it).
+# Mixture rates (ours): S-denoising 20% of examples, the other 80% split evenly over the six
+# span-corruption denoisers (R 2/6, X 4/6 of it). The seven denoisers and their (mean span,
+# noise density) follow the UL2 paper; its appendix code samples the tasks uniformly unless
+# rates are given (S would be 1/7), and Zhang et al. use "a modified UL2" without the rates.
 UL2_DEFAULT_RATES: dict[str, float] = {
     **{name: 0.8 / 6 for name in DENOISERS if name != "s_prefix"},
     "s_prefix": 0.2,
@@ -169,9 +172,12 @@ def corrupt_spans(tokens, denoiser: Denoiser, first_sentinel: int, seed):
 
 
 def split_prefix(tokens, seed):
-    """(inputs, targets) of prefix LM: split point uniform in [0, len - 1], targets non-empty."""
+    """(inputs, targets) of prefix LM: split point uniform in [1, len - 1], so neither side is empty
+    (T5's random_prefix_noise_mask, which the UL2 paper's appendix code uses for its S-denoiser:
+    the targets are on average half the chunk)."""
     length = tf.size(tokens)
-    split = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=length, dtype=tf.int32)
+    split = tf.random.stateless_uniform([], seed=seed, minval=tf.minimum(1, length - 1), maxval=length,
+                                        dtype=tf.int32)
     return tokens[:split], tokens[split:]
 
 

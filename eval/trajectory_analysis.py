@@ -37,7 +37,7 @@ def trend_summary(scores: Mapping[str, SizeScores], config: trends.TrendConfig =
     results, means, errors, within = {}, {}, {}, {}
     for label, size in scores.items():
         ppl = size.token_ppl(probe)
-        steps = size.steps.astype(float) if config.regressor == "log_step" else None
+        steps = size.steps.astype(float)
         try:
             results[label] = trends.classify_trends(ppl, steps, config)
         except ValueError as error:  # e.g. too few checkpoints in the window

@@ -1,15 +1,19 @@
 """Per-(context, token) perplexity trends across checkpoints (Xia et al. 2023), vectorised in numpy/scipy.
 
 Input: ppl [tokens, checkpoints] (per-token perplexity exp(loss) of one model size at each of
-its intermediate checkpoints, in training order). Over the window from p% of training to the
-end, each series is regressed (OLS) on the checkpoint index (the paper's text; or on
-log(step), as the authors' released analysis does) after dividing it by its first value in
-the window (ppl_i / ppl_j):
+its intermediate checkpoints, in training order). As the authors' released analysis does
+(xiamengzhou/training_trajectory_analysis: utils.collect_trend_of_tokens and
+analysis_section1's select_tokens_based_on_trend), over the window from p% of training (the
+checkpoint nearest to p x the last step) to the end, each series divided by its first value in
+the window (ppl_i / ppl_j) is regressed (OLS) on log(step) (evenly spaced checkpoints 1..n when
+no steps are given; regressor='index' is the paper text's reading):
   upward    slope > 0 and p-value < alpha
   downward  slope < 0 and p-value < alpha
-  stagnated neither, and the first and last ppl of the window are within the band
-            (0.95-1.05) of the window's geometric mean
+  stagnated neither, the window's geometric mean m is within the band (0.95-1.05) of its first
+            AND of its last ppl (m / ppl), AND the variance of the window's ppl is below m
   other     everything else (including series with too few finite points)
+A window of fewer than MIN_WINDOW checkpoints is too short to classify: classify_trends raises
+WindowTooShort (a ValueError) rather than calling trends from three points.
 """
 from __future__ import annotations
 
@@ -25,6 +29,11 @@ from eval.figures import new_figure, save_png
 CLASSES = ("stagnated", "upward", "downward", "other")
 STAGNATED, UPWARD, DOWNWARD, OTHER = range(4)
 REGRESSORS = ("index", "log_step")
+MIN_WINDOW = 4  # checkpoints a window needs before a trend is called (ours; 3 points make any slope look tested)
+
+
+class WindowTooShort(ValueError):
+    """The window holds fewer than MIN_WINDOW checkpoints: too short to classify."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +42,7 @@ class TrendConfig:
 
     start_fraction: float = 0.3
     end_fraction: float = 1.0
-    regressor: str = "index"
+    regressor: str = "log_step"
     alpha: float = 0.05
     stagnation_band: tuple[float, float] = (0.95, 1.05)
     normalize: bool = True
@@ -126,13 +135,11 @@ def classify_trends(ppl: Any, steps: Sequence[float] | None = None, config: Tren
         raise ValueError(f"ppl must be 2-D [series, checkpoints], got shape {values.shape}")
     if np.any(values[np.isfinite(values)] <= 0):
         raise ValueError("perplexities must be > 0 (ppl = exp(token loss)); got a value <= 0")
-    if config.regressor == "log_step" and steps is None:
-        raise ValueError("regressor='log_step' needs the checkpoint steps (steps=...)")
     start, stop = window_indices(values.shape[1], steps, config.start_fraction, config.end_fraction)
-    if stop - start < 3:
-        raise ValueError(
-            f"the window [{config.start_fraction}, {config.end_fraction}] of training holds {stop - start} "
-            f"checkpoint(s) of {values.shape[1]}; a trend test needs at least 3"
+    if stop - start < MIN_WINDOW:
+        raise WindowTooShort(
+            f"too short to classify: the window [{config.start_fraction}, {config.end_fraction}] of training holds "
+            f"{stop - start} checkpoint(s) of {values.shape[1]}; a trend needs at least {MIN_WINDOW}"
         )
     window = values[:, start:stop]
     if config.regressor == "index":
@@ -149,8 +156,10 @@ def classify_trends(ppl: Any, steps: Sequence[float] | None = None, config: Tren
     with np.errstate(invalid="ignore", divide="ignore"):
         geo_mean = np.exp(np.nanmean(np.log(np.where(finite, window, np.nan)), axis=1))
         low, high = config.stagnation_band
-        ends = np.stack([window[:, 0], window[:, -1]], axis=1) / geo_mean[:, None]
-        in_band = np.all((ends >= low) & (ends <= high), axis=1)  # NaN endpoints are never in band
+        ratios = geo_mean[:, None] / np.stack([window[:, 0], window[:, -1]], axis=1)
+        in_band = np.all((ratios > low) & (ratios < high), axis=1)  # NaN endpoints are never in band
+        steady = np.nanvar(np.where(finite, window, np.nan), axis=1) < geo_mean  # the authors' variance condition
+    in_band &= steady
     labels = np.full(len(values), OTHER, dtype=np.int8)
     labels[in_band & ~significant] = STAGNATED
     labels[significant & (slope > 0)] = UPWARD

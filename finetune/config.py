@@ -19,12 +19,18 @@ from model.config import ModelConfig
 from model.methods import MethodSpec
 from model.variables import METHODS
 
-# Method default peak learning rates. FMT and prompt use Adafactor's parameter-scale
+# Method default peak learning rates (ours: Zhang et al.'s appendix values could not be checked
+# here, so none is claimed to be theirs). FMT and prompt use Adafactor's parameter-scale
 # multiplication (relative steps: 1e-3 as t5x finetuning; 0.3 for the prompt as Lester et al.
 # 2021); LoRA does not, because B starts at zero, where a parameter-scaled step is ~lr * 1e-3
-# and LoRA would barely move, so its rate is an absolute step size.
+# and LoRA would barely move, so its rate is an absolute step size (3e-3: ours).
 DEFAULT_LEARNING_RATES = {"fmt": 1e-3, "lora": 3e-3, "prompt": 0.3}
 DEFAULT_PARAMETER_SCALE = {"fmt": True, "lora": False, "prompt": True}
+
+
+# Fields added after results existed (the train-until-converged rule, the from-scratch baseline):
+# left out of a run's key while at their default, so earlier run keys do not change.
+KEY_DEFAULTS = {"max_steps": None, "min_steps": None, "min_epochs": None, "from_scratch": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +53,8 @@ class FinetuneConfig:
     """All settings of one finetuning run; `validate()` checks them against the data and checkpoint.
 
     Exactly one of checkpoint_step / checkpoint_tokens picks the intermediate checkpoint, and
-    exactly one of epochs / num_steps sets the run length. learning_rate None = the method's
+    exactly one of epochs / num_steps / max_steps sets the run length (max_steps: train until dev
+    PPL stops improving for `patience` evaluations, after at least min_steps and min_epochs). learning_rate None = the method's
     default (DEFAULT_LEARNING_RATES), decayed by cosine to final_learning_fraction of it;
     parameter_scale None = the method's default use of Adafactor's parameter-scale multiplication.
     """
@@ -67,6 +74,14 @@ class FinetuneConfig:
     seq_len: int = 128
     epochs: int | None = 1
     num_steps: int | None = None
+    # Train until dev PPL stops improving (finetune.loop.StoppingRule): set max_steps (and
+    # patience), with epochs and num_steps None; min_steps / min_epochs keep small Df training.
+    max_steps: int | None = None
+    min_steps: int | None = None
+    min_epochs: int | None = None
+    # Isik et al.'s baseline: the same model finetuned from its random initialisation (the
+    # checkpoint only supplies the model config); the result records 0 pretraining tokens.
+    from_scratch: bool = False
     learning_rate: float | None = None
     parameter_scale: bool | None = None
     final_learning_fraction: float = 0.1
@@ -98,6 +113,9 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict: the run's results key (the workdir made absolute, irrelevant sizes dropped)."""
         values = dataclasses.asdict(self)
+        for name, default in KEY_DEFAULTS.items():
+            if values[name] == default:
+                values.pop(name)
         values["pretrain_workdir"] = str(Path(self.pretrain_workdir).absolute()) if self.pretrain_workdir else ""
         if self.method != "lora":
             values.pop("lora_rank")
@@ -120,15 +138,25 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"FinetuneConfig.{name}={value!r} must be an integer >= {low}")
-        optional_ints = {"epochs": 1, "num_steps": 1, "patience": 1, "dev_max_batches": 1, "eval_max_examples": 1,
+        optional_ints = {"epochs": 1, "num_steps": 1, "max_steps": 1, "min_steps": 0, "min_epochs": 0, "patience": 1,
+                         "dev_max_batches": 1, "eval_max_examples": 1,
                          "checkpoint_step": 0, "checkpoint_tokens": 0}
         for name, low in optional_ints.items():
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"FinetuneConfig.{name}={value!r} must be None or an integer >= {low}")
-        if (self.epochs is None) == (self.num_steps is None):
-            raise ValueError(f"give exactly one of FinetuneConfig.epochs ({self.epochs!r}) and "
-                             f"num_steps ({self.num_steps!r}); set the other to None")
+        lengths = {"epochs": self.epochs, "num_steps": self.num_steps, "max_steps": self.max_steps}
+        if sum(v is not None for v in lengths.values()) != 1:
+            raise ValueError(f"give exactly one of FinetuneConfig.epochs / num_steps / max_steps (got {lengths}); "
+                             "set the others to None")
+        if self.max_steps is None and (self.min_steps is not None or self.min_epochs is not None):
+            raise ValueError(f"FinetuneConfig.min_steps ({self.min_steps!r}) and min_epochs ({self.min_epochs!r}) "
+                             "belong to the train-until-converged rule: set max_steps (and patience) too")
+        if self.max_steps is not None and self.patience is None:
+            raise ValueError(f"FinetuneConfig.max_steps={self.max_steps} trains until dev PPL stops improving: "
+                             "set patience (evaluations without a new best) too")
+        if self.max_steps is not None and (self.min_steps or 0) > self.max_steps:
+            raise ValueError(f"FinetuneConfig.min_steps={self.min_steps} exceeds max_steps={self.max_steps}")
         if (self.checkpoint_step is None) == (self.checkpoint_tokens is None):
             raise ValueError(f"give exactly one of FinetuneConfig.checkpoint_step ({self.checkpoint_step!r}) and "
                              f"checkpoint_tokens ({self.checkpoint_tokens!r})")
@@ -146,6 +174,11 @@ class FinetuneConfig:
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"FinetuneConfig.learning_rate={self.learning_rate!r} must be > 0 (or None for the "
                              f"method default {DEFAULT_LEARNING_RATES.get(self.method)})")
+        if not isinstance(self.from_scratch, bool):
+            raise ValueError(f"FinetuneConfig.from_scratch={self.from_scratch!r} must be True or False")
+        if self.from_scratch and self.method != "fmt":
+            raise ValueError(f"FinetuneConfig.from_scratch trains every weight from its initialisation: method must be "
+                             f"'fmt', got {self.method!r} (a PET method would freeze random weights)")
         if self.parameter_scale is not None and not isinstance(self.parameter_scale, bool):
             raise ValueError(f"FinetuneConfig.parameter_scale={self.parameter_scale!r} must be True, False or None")
         if not 0.0 < float(self.final_learning_fraction) <= 1.0:

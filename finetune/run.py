@@ -32,9 +32,11 @@ from data import pipeline, tasks
 from data.finetune_rows import finetune_batches, split_batches
 from eval.evaluate import evaluate_task, evaluate_zero_shot
 from finetune.config import CheckpointInfo, FinetuneConfig
-from finetune.loop import LoopResult, finetune_loop
+from finetune.loop import STOP_REASONS, LoopResult, StoppingRule, finetune_loop
 from finetune.result import RunResult, code_version, run_key
-from model.methods import build_model
+from model.functional import make_rngs
+from model.methods import base_params_of, build_model
+from model.transformer import Transformer
 from model.sizes import count_params
 from train import optimizer  # noqa: F401  (make_optimizer's gin settings)
 from train.gin_setup import add_gin_flags, parse_gin
@@ -49,11 +51,12 @@ STANDARD_KEYS = {"ppl", "log_ppl", "mean_log_likelihood", "target_tokens", "bleu
 log = logging.getLogger(__name__)
 
 
-def train_batches(config: FinetuneConfig, task: str) -> list[dict]:
-    """The run's training batches, in order: `epochs` passes over the Df subset, or exactly
-    `num_steps` batches (as many passes as that takes). In-memory tasks build them in numpy from
-    cached ids (data.finetune_rows: a study's many runs skip a tf.data pipeline each); streamed
-    (TFDS) tasks read their subset through data.pipeline. `task`: config.data_task(...)."""
+def train_batches(config: FinetuneConfig, task: str) -> tuple[list[dict], int]:
+    """(the run's training batches in order, batches per epoch): `epochs` passes over the Df
+    subset, or exactly `num_steps` / `max_steps` batches (as many passes as that takes). In-memory
+    tasks build them in numpy from cached ids (data.finetune_rows: a study's many runs skip a
+    tf.data pipeline each); streamed (TFDS) tasks read their subset through data.pipeline.
+    `task`: config.data_task(...)."""
     batches = pipeline.finetune_batches if task in tasks.STREAMED else finetune_batches
 
     def passes(epochs: int) -> list[dict]:
@@ -61,10 +64,21 @@ def train_batches(config: FinetuneConfig, task: str) -> list[dict]:
                             subset_seed=config.subset_seed, batch_size=config.batch_size,
                             seq_len=config.seq_len, epochs=epochs, seed=config.seed))
 
-    if config.epochs is not None:
-        return passes(config.epochs)
     one = passes(1)
-    return passes(math.ceil(config.num_steps / max(len(one), 1)))[: config.num_steps]
+    if config.epochs is not None:
+        return passes(config.epochs), len(one)
+    steps = config.num_steps if config.num_steps is not None else config.max_steps
+    return passes(math.ceil(steps / max(len(one), 1)))[:steps], len(one)
+
+
+def stopping_rule(config: FinetuneConfig, num_batches: int, steps_per_epoch: int) -> StoppingRule:
+    """The run's StoppingRule: fixed length (epochs / num_steps, cut by patience if set) or
+    train-until-converged within [max(min_steps, min_epochs epochs), max_steps]."""
+    if config.max_steps is None:
+        return StoppingRule.fixed(num_batches, config.patience)
+    return StoppingRule.until_converged(max_steps=config.max_steps, patience=config.patience,
+                                        min_steps=config.min_steps or 0, min_epochs=config.min_epochs or 0,
+                                        steps_per_epoch=max(steps_per_epoch, 1))
 
 
 def dev_batches(config: FinetuneConfig, task: str) -> list[dict]:
@@ -93,21 +107,25 @@ class _MetricsFile:
         self.handle.close()
 
 
-def _train(config: FinetuneConfig, info: CheckpointInfo, workdir: Path, progress: bool) -> LoopResult:
-    """Build the method's model on the checkpoint and finetune it (best params by dev PPL)."""
+def _train(config: FinetuneConfig, info: CheckpointInfo, workdir: Path, progress: bool) -> tuple[LoopResult, int]:
+    """Build the method's model on the checkpoint and finetune it (best params by dev PPL);
+    returns the loop's result and the batches per epoch."""
     model_config, base_params, _ = load_checkpoint_params(info.workdir, step=info.step)
+    if config.from_scratch:  # the checkpoint gave the model config; its weights are replaced by an initialisation
+        base_params = base_params_of(Transformer(model_config, rngs=make_rngs(config.seed)))
     spec = config.method_spec
     model = build_model(model_config, base_params, spec, seed=config.seed)
     task = config.data_task(info.vocabulary)
-    batches = train_batches(config, task)
-    log.info("finetuning %s (%s) from %s step %d on %s: %d steps", model_config.name, spec, info.workdir,
-             info.step, config.task, len(batches))
+    batches, per_epoch = train_batches(config, task)
+    rule = stopping_rule(config, len(batches), per_epoch)
+    log.info("finetuning %s (%s) from %s step %d on %s: %s", model_config.name, spec, info.workdir,
+             info.step, config.task, rule)
     metrics = _MetricsFile(workdir / METRICS_FILE)
     try:
         return finetune_loop(model, spec, batches, dev_batches(config, task), peak_learning_rate=config.peak_learning_rate,
                              final_learning_fraction=config.final_learning_fraction,
                              parameter_scale=config.use_parameter_scale, eval_every_steps=config.eval_every_steps,
-                             patience=config.patience, seed=config.seed, progress=progress, log=metrics)
+                             stopping=rule, seed=config.seed, progress=progress, log=metrics), per_epoch
     finally:
         metrics.close()
 
@@ -123,7 +141,8 @@ def _save_finetuned(loop: LoopResult, config: FinetuneConfig, info: CheckpointIn
         save_adapter(loop.model, config.method_spec, workdir / ADAPTER_FILE, base=base)
 
 
-def _result(loop: LoopResult, config: FinetuneConfig, info: CheckpointInfo, started: float) -> RunResult:
+def _result(loop: LoopResult, config: FinetuneConfig, info: CheckpointInfo, started: float,
+            steps_per_epoch: int) -> RunResult:
     """Evaluate the selected model (test PPL, decoding metrics, zero-shot) into a validated RunResult."""
     options = dict(batch_size=config.eval_batch_size, seq_len=config.seq_len, max_examples=config.eval_max_examples,
                    decode=config.decode, max_new_tokens=config.max_new_tokens)
@@ -135,13 +154,16 @@ def _result(loop: LoopResult, config: FinetuneConfig, info: CheckpointInfo, star
     extra = {"test_mean_log_likelihood": test.get("mean_log_likelihood"), "test_target_tokens": test.get("target_tokens"),
              "test_examples": test.get("examples"), "optimizer_state_bytes": loop.optimizer_state_bytes,
              "steps_run": loop.steps_run, "total_steps": loop.total_steps, "stopped_early": int(loop.stopped_early),
+             "epochs_seen": loop.steps_run / max(steps_per_epoch, 1), "steps_per_epoch": steps_per_epoch,
+             **{f"stop.{reason}": float(loop.stop_reason == reason) for reason in STOP_REASONS},
              "final_train_loss": loop.train_losses[-1], "seconds_per_step": loop.seconds_per_step,
              "checkpoint_step": info.step, "peak_learning_rate": config.peak_learning_rate}
     extra.update({k: v for k, v in test.items() if k not in STANDARD_KEYS})  # learned metrics where installed
     spec = config.method_spec
     result = RunResult(
         task=config.task, model_name=info.model_config.name, total_params=counts["total"],
-        non_embedding_params=counts["non_embedding"], pretrain_corpus=info.corpus, pretrain_tokens=info.tokens_seen,
+        non_embedding_params=counts["non_embedding"], pretrain_corpus=info.corpus,
+        pretrain_tokens=0 if config.from_scratch else info.tokens_seen,
         method=spec.method, pet_size=spec.pet_size, trainable_params=loop.trainable_params,
         finetune_examples=config.finetune_examples, seed=config.seed, best_step=loop.best_step,
         dev_ppl=loop.best_dev_ppl, test_ppl=math.exp(log_ppl), test_log_ppl=log_ppl,
@@ -176,11 +198,12 @@ def run_finetune(config: FinetuneConfig, workdir: str | Path, *, progress: bool 
     started = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(workdir / "config.json", config.to_dict(), sort_keys=True)
-    loop = _train(config, info, workdir, progress)
+    loop, per_epoch = _train(config, info, workdir, progress)
     _save_finetuned(loop, config, info, workdir)
-    result = _result(loop, config, info, started)
+    result = _result(loop, config, info, started, per_epoch)
     write_json_atomic(workdir / RESULT_FILE, {"run_key": run_key(config.to_dict()), "config": config.to_dict(),
-                                              "result": dataclasses.asdict(result), "history": loop.history},
+                                              "result": dataclasses.asdict(result), "history": loop.history,
+                                              "stop_reason": loop.stop_reason},
                       sort_keys=True)
     return result
 

@@ -30,6 +30,8 @@ class FitResult:
     n_heldout: int = 0
     heldout_mad: float | None = None  # mean |prediction - y| on held-out points (natural units)
     fit_mad: float | None = None
+    heldout_naive_mad: float | None = None  # the same for "the nearest fitted point's value" (a baseline)
+    fit_range: float | None = None    # max - min of y over the fit points: how much the metric moves
     residual: str = "log"
     delta: float = 1e-3
     group: dict = field(default_factory=dict)

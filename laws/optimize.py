@@ -29,13 +29,14 @@ class Objective:
 
     residual='log': log(prediction) - log(y) (Hoffmann et al.); 'raw': prediction - y
     (Zhang et al.). `weights` ([n] or [S, n]) multiplies each point's term; bootstrap
-    resamples are count weights. The optimiser works on the objective times `scale`
-    (1/delta^2 by default) so that tolerances are not met prematurely.
+    resamples are count weights. `y` may be [S, n] too (one target vector per start: a
+    bootstrap over runs averages the resampled runs of each point). The optimiser works on the
+    objective times `scale` (1/delta^2 by default) so that tolerances are not met prematurely.
     """
 
     law: Law
     logx: np.ndarray          # [n, k]
-    y: np.ndarray             # [n]
+    y: np.ndarray             # [n] or [S, n]
     residual: str = "log"
     delta: float = 1e-3
     weights: np.ndarray | None = None
@@ -50,11 +51,17 @@ class Objective:
         w = self.weights
         return w[idx] if w.ndim == 2 else w[None, :]
 
+    def _target(self, idx):
+        """The targets (log targets for residual 'log') of the starts `idx`, broadcastable to [S, n]."""
+        t = self.logy if self.residual == "log" else self.y
+        return t[idx] if t.ndim == 2 else t[None, :]
+
     def residuals(self, theta: np.ndarray) -> np.ndarray:
         """Residuals [S, n] for internal parameters theta [S, P]."""
         with np.errstate(over="ignore", invalid="ignore"):
             logpred, _ = self.law.log_predict(theta, self.logx)
-            return logpred - self.logy[None] if self.residual == "log" else np.exp(logpred) - self.y[None]
+            pred = logpred if self.residual == "log" else np.exp(logpred)
+            return pred - self._target(slice(None))
 
     def value(self, theta: np.ndarray, idx=None) -> np.ndarray:
         """Unscaled objective (the sum of Huber terms) per start."""
@@ -89,12 +96,13 @@ class Objective:
     def _value_and_grad(self, theta: np.ndarray, idx=None) -> tuple[np.ndarray, np.ndarray]:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             logpred, cache = self.law.log_predict(theta, self.logx)
+            target = self._target(idx if idx is not None else slice(None))
             if self.residual == "log":
-                r = logpred - self.logy[None]
+                r = logpred - target
                 dr = 1.0
             else:
                 pred = np.exp(logpred)
-                r = pred - self.y[None]
+                r = pred - target
                 dr = pred
             dh = np.clip(r, -self.delta, self.delta)
             h = dh * (r - 0.5 * dh)          # = Huber_delta(r), one pass fewer than huber()

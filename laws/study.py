@@ -1,4 +1,5 @@
-"""The entry point the study runner calls: Zhang joint laws per finetuning method from a results table."""
+"""The entry point the study runner calls: Zhang et al.'s joint laws per finetuning method from a
+results table, the multiplicative and the additive law fitted like for like (laws.joint)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,25 +9,28 @@ import pandas as pd
 
 from .fit import _jsonable
 from .frame import columns_or_error
-from .joint import JointFit, fit_joint
-from .fit import fit_law
+from .joint import FORMS, JointFit, fit_joint
 from .bootstrap import critical_df
 
-__all__ = ["StudyFits", "fit_finetuning_results", "factor_rows"]
+__all__ = ["StudyFits", "fit_finetuning_results", "factor_rows", "comparison_table"]
 
 
 @dataclass
 class StudyFits:
-    """Per method: the joint fit; plus a tidy table, the multiplicative-vs-additive table, and notes."""
+    """Per method: the joint fit of each form, the points and runs they saw, a tidy table of the
+    multiplicative fits, the like-for-like comparison, notes and critical Df."""
 
-    joint: dict                      # method -> JointFit
-    table: pd.DataFrame              # one row per (method, factor)
-    comparison: pd.DataFrame         # held-out MAD, multiplicative vs additive, per (method, factor)
+    joint: dict                      # method -> JointFit (multiplicative: the paper's law)
+    table: pd.DataFrame              # one row per (method, factor), multiplicative
+    comparison: pd.DataFrame         # comparison_table: per (method, factor, law) held-out MAD and baselines
     notes: list = field(default_factory=list)
     crossings: pd.DataFrame = field(default_factory=pd.DataFrame)  # critical Df per method pair and factor value
+    forms: dict = field(default_factory=dict)      # method -> form -> JointFit
+    data: dict = field(default_factory=dict)       # method -> factor -> (X, Df, y, keys) as fitted
+    runs: dict = field(default_factory=dict)       # method -> key -> run values (the bootstrap's units)
 
     def to_dict(self) -> dict:
-        return _jsonable({"joint": {str(k): v.to_dict() for k, v in self.joint.items()},
+        return _jsonable({"forms": {str(m): {f: jf.to_dict() for f, jf in forms.items()} for m, forms in self.forms.items()},
                           "comparison": self.comparison.to_dict(orient="records"), "notes": self.notes})
 
 
@@ -53,27 +57,50 @@ def factor_rows(df: pd.DataFrame, factor: str, factors: list[str], reference: di
     return rows
 
 
+def _key(row: pd.Series, columns: list[str]) -> tuple:
+    """A run configuration's identity across factors (NaN as None so equal configurations compare equal)."""
+    return tuple(None if pd.isna(row[c]) else float(row[c]) for c in columns)
+
+
+def comparison_table(forms: dict[str, JointFit], method_name: str = "method", method=None) -> pd.DataFrame:
+    """One row per (factor, law): parameter count, held-out MAD next to the naive nearest-point
+    baseline and to how much the metric moves over the fit points, fit MAD, convergence."""
+    rows = []
+    for form, jf in forms.items():
+        for factor, r in jf.factors.items():
+            rows.append({method_name: method, "factor": factor, "law": form, "parameters": jf.n_params,
+                         "heldout_mad": r.heldout_mad, "naive_mad": r.heldout_naive_mad, "fit_range": r.fit_range,
+                         "fit_mad": r.fit_mad, "n_fit": r.n_fit, "n_heldout": r.n_heldout,
+                         "converged": r.converged, "residual": jf.residual})
+    return pd.DataFrame(rows)
+
+
 def fit_finetuning_results(df: pd.DataFrame, *, y: str = "log_ppl", method: str = "method",
                            finetune_examples: str = "finetune_examples",
                            factors=("model_params", "pretrain_tokens", "pet_size"), reference: dict | None = None,
-                           residual: str = "log", delta: float = 1e-3, holdout="max",
-                           compare_additive: bool = True, aggregate: str = "mean") -> StudyFits:
-    """Fit Zhang et al.'s joint multiplicative law per finetuning method (beta, E shared across factors).
+                           residual: str = "raw", delta: float = 1e-3, holdout="max",
+                           forms=FORMS, aggregate: str = "mean") -> StudyFits:
+    """Fit Zhang et al.'s joint laws per finetuning method, each form by the same procedure.
 
     For each method and each factor column with >= 2 distinct values (others at their
-    reference), seeds are averaged (`aggregate`), the largest factor value and the largest
-    Df are held out (`holdout`), and the joint law is fitted. With compare_additive, the
-    additive law is fitted per factor on the same points for the paper's Table 2.
+    reference), seeds are averaged (`aggregate`) into one point per configuration; each factor's
+    largest value and the largest Df are held out (`holdout`) and left out of every stage that
+    scores them; each form in `forms` is fitted by laws.fit_joint (beta, E shared; shared values
+    estimated without the PET-size factor). The first form is the one `joint` and `table` show.
     """
     factors = [f for f in factors if f in df.columns]
     columns_or_error(df, [y, method, finetune_examples])
     if not factors:
         raise ValueError(f"none of the factor columns are in the table; available: {list(df.columns)}")
+    bad = [f for f in forms if f not in FORMS]
+    if bad or not forms:
+        raise ValueError(f"forms {list(forms)} must be a non-empty subset of {FORMS}")
+    key_columns = factors + [finetune_examples]
     notes: list[str] = []
-    joint: dict = {}
+    joint, all_forms, all_data, all_runs = {}, {}, {}, {}
     rows, comp = [], []
     for m, sub in df.groupby(method, sort=True):
-        data = {}
+        data, runs = {}, {}
         for f in factors:
             part = factor_rows(sub, f, factors, reference)
             part = part[part[y].notna() & part[finetune_examples].notna()]
@@ -81,40 +108,36 @@ def fit_finetuning_results(df: pd.DataFrame, *, y: str = "log_ppl", method: str 
                 notes.append(f"method {m!r}: factor {f!r} skipped ({part[f].nunique()} value(s) of {f}, "
                              f"{part[finetune_examples].nunique()} of {finetune_examples} at the reference)")
                 continue
-            agg = part.groupby([f, finetune_examples], as_index=False)[y].agg(aggregate)
-            data[f] = (agg[f].to_numpy(float), agg[finetune_examples].to_numpy(float), agg[y].to_numpy(float))
+            keys = [_key(r, key_columns) for _, r in part.iterrows()]
+            part = part.assign(_key=keys)
+            agg = part.groupby("_key", sort=True).agg(X=(f, "first"), Df=(finetune_examples, "first"), y=(y, aggregate))
+            for key, values in part.groupby("_key")[y]:
+                runs[key] = values.to_numpy(float)
+            data[f] = (agg["X"].to_numpy(float), agg["Df"].to_numpy(float), agg["y"].to_numpy(float), list(agg.index))
         if not data:
             notes.append(f"method {m!r}: no factor has enough runs; not fitted")
             continue
-        try:
-            jf = fit_joint(data, residual=residual, delta=delta, holdout=holdout, group={method: m}, target=y,
-                           df_name=finetune_examples)
-        except ValueError as exc:
-            notes.append(f"method {m!r}: {exc}")
+        fitted = {}
+        for form in forms:
+            try:
+                fitted[form] = fit_joint(data, form=form, residual=residual, delta=delta, holdout=holdout,
+                                         group={method: m}, target=y, df_name=finetune_examples)
+                notes += [f"method {m!r}, {form}: {n}" for n in fitted[form].notes]
+            except ValueError as exc:
+                notes.append(f"method {m!r}: {form} law not fitted: {exc}")
+        if not fitted:
             continue
-        joint[m] = jf
-        for f, r in jf.factors.items():
+        all_forms[m], all_data[m], all_runs[m] = fitted, data, runs
+        joint[m] = fitted.get(forms[0]) or next(iter(fitted.values()))
+        for f, r in joint[m].factors.items():
             rows.append({method: m, "factor": f, **r.params, "objective": r.objective, "converged": r.converged,
                          "n_fit": r.n_fit, "n_heldout": r.n_heldout, "heldout_mad": r.heldout_mad,
                          "fit_mad": r.fit_mad})
-            if compare_additive:
-                X, D, Y = data[f]
-                entry = {method: m, "factor": f, "multiplicative_heldout_mad": r.heldout_mad}
-                try:
-                    ra = fit_law("additive", np.column_stack([X, D]), Y, residual=residual, delta=delta,
-                                 holdout=holdout, names=[f, finetune_examples], target=y)
-                    entry["additive_heldout_mad"] = ra.heldout_mad
-                    entry["additive_converged"] = ra.converged
-                except ValueError as exc:
-                    entry["additive_heldout_mad"] = None
-                    notes.append(f"method {m!r}, factor {f!r}: additive law not fitted: {exc}")
-                comp.append(entry)
-    comparison = pd.DataFrame(comp)
-    if not comparison.empty and comparison[["multiplicative_heldout_mad", "additive_heldout_mad"]].notna().all(axis=None):
-        comparison["best"] = np.where(comparison["multiplicative_heldout_mad"] <= comparison["additive_heldout_mad"],
-                                      "multiplicative", "additive")
+        comp.append(comparison_table(fitted, method, m))
+    comparison = pd.concat(comp, ignore_index=True) if comp else pd.DataFrame()
     crossings = method_crossings(joint, df, finetune_examples)
-    return StudyFits(joint=joint, table=pd.DataFrame(rows), comparison=comparison, notes=notes, crossings=crossings)
+    return StudyFits(joint=joint, table=pd.DataFrame(rows), comparison=comparison, notes=notes, crossings=crossings,
+                     forms=all_forms, data=all_data, runs=all_runs)
 
 
 def method_crossings(joint: dict, df: pd.DataFrame, finetune_examples: str) -> pd.DataFrame:

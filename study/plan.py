@@ -144,9 +144,12 @@ def plan_pretraining(spec: StudySpec, size: str, corpus: str, checks: list[Check
 
 
 def finetune_steps(config: FinetuneConfig) -> int:
-    """Optimizer steps of one run, at most: one example per row (packing only lowers it)."""
+    """Optimizer steps of one run, at most: its step count or cap, or its epochs with one example
+    per row (packing only lowers it)."""
     if config.num_steps is not None:
         return config.num_steps
+    if config.max_steps is not None:
+        return config.max_steps
     return config.epochs * math.ceil(config.finetune_examples / config.batch_size)
 
 

@@ -5,7 +5,9 @@ validates itself with errors naming the bad value, and enumerates its grid of fi
 runs deterministically. The grid follows Zhang et al. (2024): every size at the final
 checkpoint (the model-size axis), some sizes at every finetuned intermediate checkpoint
 (the pretraining-data axis) and some sizes at every PET size (the PET axis), each for
-every Df and seed; a point shared by several axes is one run.
+every Df and seed; a point shared by several axes is one run. With `scratch_baseline`, each
+Dp-sweep size is also finetuned from its random initialisation (Isik et al.'s baseline; its
+GridPoint has checkpoint_tokens 0).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class GridPoint:
 
     size: str
     corpus: str
-    checkpoint_tokens: int
+    checkpoint_tokens: int          # 0: finetuned from scratch (the model's initialisation)
     method: str
     pet_size: int
     finetune_examples: int
@@ -47,7 +49,8 @@ class GridPoint:
     def label(self) -> str:
         """Short human-readable description for progress lines."""
         pet = {"fmt": "", "lora": f" r={self.pet_size}", "prompt": f" len={self.pet_size}"}[self.method]
-        return (f"{self.size}/{self.corpus} Dp={self.checkpoint_tokens:,} {self.method}{pet} "
+        dp = f"Dp={self.checkpoint_tokens:,}" if self.checkpoint_tokens else "from scratch"
+        return (f"{self.size}/{self.corpus} {dp} {self.method}{pet} "
                 f"Df={self.finetune_examples} seed={self.seed}")
 
 
@@ -97,6 +100,13 @@ class StudySpec:
     seq_len: int = 64
     epochs: int | None = None
     num_steps: int | None = 20
+    # Train until dev PPL stops improving (finetune.loop.StoppingRule): max_steps with patience
+    # (evaluations), at least min_steps and min_epochs; epochs and num_steps None.
+    max_steps: int | None = None
+    min_steps: int | None = None
+    min_epochs: int | None = None
+    patience: int | None = None
+    scratch_baseline: bool = False                      # Isik: finetune the Dp-sweep sizes from scratch too
     finetune_overrides: dict = dataclasses.field(default_factory=dict)  # other FinetuneConfig fields
     # Report
     fit_metric: str = "test_log_ppl"                    # y of every law fit
@@ -104,6 +114,8 @@ class StudySpec:
     laws: Sequence[str] = ("multiplicative", "additive")
     df_law: str = "power"                               # single-variable law per size and method
     holdout: str = "max"                                # held-out points of every fit (laws.heldout_mask)
+    residual: str = "raw"                               # Zhang Eq. 2: prediction - observation; 'log': Hoffmann/Epoch
+    isik_fit_points: int = 4                            # Isik laws fitted on the first k Dp values, scored on the rest
     bootstrap_resamples: int = 100
     trajectories: bool = True                           # Trajectories section when several sizes
     trajectory_limits: dict = dataclasses.field(default_factory=dict)
@@ -203,16 +215,36 @@ class StudySpec:
             if not self.sweep_seeds or not set(self.sweep_seeds) <= set(self.seeds):
                 raise ValueError(f"StudySpec.sweep_seeds={list(self.sweep_seeds)} must be a non-empty subset of seeds={list(self.seeds)}")
         _check_ints([self.batch_size, self.seq_len], "batch_size/seq_len", distinct=False)
-        if (self.epochs is None) == (self.num_steps is None):
-            raise ValueError(f"set exactly one of StudySpec.epochs ({self.epochs!r}) and StudySpec.num_steps ({self.num_steps!r})")
-        _check_ints([self.epochs if self.epochs is not None else self.num_steps], "epochs/num_steps")
+        self._validate_run_length()
+        if not isinstance(self.scratch_baseline, bool):
+            raise ValueError(f"StudySpec.scratch_baseline={self.scratch_baseline!r} must be True or False")
+        if self.scratch_baseline and not self.dp_sweep_sizes:
+            raise ValueError("StudySpec.scratch_baseline finetunes the Dp-sweep sizes from scratch; dp_sweep_sizes is empty")
         reserved = {"pretrain_workdir", "checkpoint_tokens", "checkpoint_step", "task", "method", "lora_rank",
                     "prompt_length", "finetune_examples", "subset_seed", "seed", "batch_size", "seq_len", "epochs",
-                    "num_steps"}
+                    "num_steps", "max_steps", "min_steps", "min_epochs", "patience", "from_scratch"}
         clash = sorted(reserved & set(self.finetune_overrides))
         if clash:
             raise ValueError(f"StudySpec.finetune_overrides sets {clash}, which the study grid sets itself; "
                              f"use the StudySpec fields instead")
+
+    def _validate_run_length(self) -> None:
+        """Exactly one of epochs / num_steps / max_steps; the train-until-converged fields go together."""
+        lengths = {"epochs": self.epochs, "num_steps": self.num_steps, "max_steps": self.max_steps}
+        if sum(v is not None for v in lengths.values()) != 1:
+            raise ValueError(f"set exactly one of StudySpec.epochs / num_steps / max_steps; got {lengths}")
+        _check_ints([v for v in lengths.values() if v is not None], "epochs/num_steps/max_steps")
+        optional = {"min_steps": self.min_steps, "min_epochs": self.min_epochs, "patience": self.patience}
+        for name, value in optional.items():
+            if value is not None:
+                _check_ints([value], name, minimum=0 if name != "patience" else 1)
+        if self.max_steps is not None and self.patience is None:
+            raise ValueError(f"StudySpec.max_steps={self.max_steps} trains until dev PPL stops improving; set "
+                             "StudySpec.patience (evaluations without a new best) too")
+        if self.max_steps is None and (self.min_steps is not None or self.min_epochs is not None):
+            raise ValueError("StudySpec.min_steps / min_epochs belong to the train-until-converged rule; set max_steps")
+        if self.max_steps is not None and (self.min_steps or 0) > self.max_steps:
+            raise ValueError(f"StudySpec.min_steps={self.min_steps} exceeds max_steps={self.max_steps}")
 
     def _validate_report(self) -> None:
         """Reported metrics, the fitted metric and laws, held-out points, bootstrap."""
@@ -228,6 +260,10 @@ class StudySpec:
             raise ValueError(f"StudySpec.df_law={self.df_law!r} must be a one-input law of {sorted(k for k, v in LAWS.items() if v.n_inputs == 1)}")
         if self.holdout not in ("max", "none"):
             raise ValueError(f"StudySpec.holdout={self.holdout!r}; valid: 'max' (largest value of each factor, as Zhang et al.) or 'none'")
+        if self.residual not in ("raw", "log"):
+            raise ValueError(f"StudySpec.residual={self.residual!r}; valid: 'raw' (Zhang et al. Eq. 2) or 'log' "
+                             "(Hoffmann et al. / Epoch)")
+        _check_ints([self.isik_fit_points], "isik_fit_points", minimum=2)
         if isinstance(self.bootstrap_resamples, bool) or not isinstance(self.bootstrap_resamples, int) or \
                 (self.bootstrap_resamples != 0 and self.bootstrap_resamples < 2):
             raise ValueError(f"StudySpec.bootstrap_resamples={self.bootstrap_resamples!r} must be 0 (off) or an integer >= 2")
@@ -265,8 +301,10 @@ class StudySpec:
                     cells += [(dp, False, sweep_seeds) for dp in self.dp_values if dp != final]
                 if size in self.pet_sweep_sizes:
                     cells.append((final, True, sweep_seeds))
+                if self.scratch_baseline and size in self.dp_sweep_sizes and corpus == self.pretrain_corpora[0]:
+                    cells.append((0, False, sweep_seeds))  # Dp = 0: from scratch (any corpus's checkpoint gives the config)
                 for dp, pet_sweep, seeds in cells:
-                    for method in self.methods:
+                    for method in (self.methods if dp else ("fmt",)):
                         for pet in self.pet_sizes(method, pet_sweep):
                             for df in self.finetune_examples:
                                 for seed in seeds:
@@ -280,10 +318,13 @@ class StudySpec:
     def finetune_kwargs(self, point: GridPoint, pretrain_workdir: str | Path) -> dict[str, Any]:
         """The FinetuneConfig fields of one grid point (its run key is built from these)."""
         kwargs: dict[str, Any] = dict(self.finetune_overrides)
-        kwargs.update(pretrain_workdir=str(pretrain_workdir), checkpoint_tokens=point.checkpoint_tokens,
+        kwargs.update(pretrain_workdir=str(pretrain_workdir), checkpoint_tokens=point.checkpoint_tokens or self.token_budget,
                       task=self.task, method=point.method, finetune_examples=point.finetune_examples,
                       subset_seed=point.seed, seed=point.seed, batch_size=self.batch_size, seq_len=self.seq_len)
-        kwargs.update(epochs=self.epochs, num_steps=self.num_steps)
+        kwargs.update(epochs=self.epochs, num_steps=self.num_steps, max_steps=self.max_steps, min_steps=self.min_steps,
+                      min_epochs=self.min_epochs, from_scratch=point.checkpoint_tokens == 0)
+        if self.patience is not None:
+            kwargs["patience"] = self.patience
         if point.method == "lora":
             kwargs["lora_rank"] = point.pet_size
         elif point.method == "prompt":

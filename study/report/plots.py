@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from laws.plots import save_png
-from study.report.fits import AlignmentFit, DfFit, JointResults, reference_pet
+from study.report.fits import AlignmentFit, DfFit, JointResults, pretrained, reference_pet
 from study.spec import StudySpec
 
 
@@ -57,7 +57,7 @@ def plot_joint(joint: JointResults, spec: StudySpec, path: Path) -> Path | None:
     fig, axes = _figure(len(panels), rows=len(joint.fits.joint))
     for ax, (method, factor) in zip(axes, panels):
         fit = joint.fits.joint[method].factors[factor]
-        X, D, Y = joint.data[method][factor]
+        X, D, Y, _ = joint.data[method][factor]
         held = np.zeros(len(X), bool)
         if spec.holdout == "max":
             held = (X == X.max()) | (D == D.max())
@@ -80,7 +80,8 @@ def plot_joint(joint: JointResults, spec: StudySpec, path: Path) -> Path | None:
 def plot_scale_vs_data(frame: pd.DataFrame, spec: StudySpec, path: Path) -> Path | None:
     """Per method: y vs the factor's multiple of its smallest value, model size (solid) and
     pretraining tokens (dashed), one colour per Df."""
-    base = frame[frame["corpus"] == spec.pretrain_corpora[0]]
+    base = pretrained(frame)
+    base = base[base["corpus"] == spec.pretrain_corpora[0]]
     fig, axes = _figure(len(spec.methods))
     drew = False
     for ax, method in zip(axes, spec.methods):
@@ -123,6 +124,9 @@ def plot_alignment(fits: list[AlignmentFit], path: Path) -> Path | None:
                 ax_ce.plot(grid, f.ce_fit.predict(grid), color=color, ls=line, lw=1.1)
             if f.bleu_fit is not None:
                 ax_bleu.plot(grid, f.bleu_fit.predict(grid), color=color, ls=line, lw=1.1)
+            if f.scratch is not None:  # the same size finetuned from scratch (Isik et al.'s black line)
+                ax_ce.axhline(f.scratch["ce"], color="k", ls="--", lw=0.9)
+                ax_bleu.axhline(f.scratch["bleu"], color="k", ls="--", lw=0.9)
         for ax, name in ((ax_ce, "downstream cross-entropy (test log-PPL)"), (ax_bleu, "BLEU")):
             ax.set_xscale("log")
             ax.set_xlabel("pretraining tokens Dp")

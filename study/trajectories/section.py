@@ -54,7 +54,7 @@ class TrajectoryLimits:
     corpus: str | None = None
     start_fraction: float = 0.3      # trend window [start_fraction, end_fraction] of training
     end_fraction: float = 1.0
-    regressor: str = "index"         # or "log_step" (the authors' released analysis)
+    regressor: str = "log_step"      # the authors' released analysis; "index": the paper text's reading
     alpha: float = 0.05
     stagnation_band: tuple[float, float] = (0.95, 1.05)
     opt_check: bool = True
@@ -225,12 +225,14 @@ def _trend_lines(scores: Mapping[str, SizeScores], validation: probe_lib.Probe, 
     summary = analysis.trend_summary(scores, trend_config)
     lines = ["", "### Per-token trends", "",
              f"OLS of ppl_i / ppl_j on {trend_config.regressor} from {trend_config.start_fraction:.0%} to "
-             f"{trend_config.end_fraction:.0%} of training, p < {trend_config.alpha}; stagnated: ends within "
-             f"{trend_config.stagnation_band} of the geometric mean.", ""]
+             f"{trend_config.end_fraction:.0%} of training, p < {trend_config.alpha}; stagnated: no trend, the geometric "
+             f"mean within {trend_config.stagnation_band} of the first and the last ppl, and the ppl's variance below "
+             f"the geometric mean (the authors' released analysis); a window of fewer than {trends.MIN_WINDOW} "
+             "checkpoints is too short to classify.", ""]
     lines += _table(["size", *trends.CLASSES], [[k, *(f"{v[c]:.3f}" for c in trends.CLASSES)]
                                                 for k, v in summary.fractions.items()])
     for label, error in summary.errors.items():
-        lines.append(f"\n- {label}: not classified ({error})")
+        lines.append(f"\n- {label}: {error}" if error.startswith("too short") else f"\n- {label}: not classified ({error})")
     lines += ["", "Double descent (upward, then downward later or in larger models):", ""]
     lines += [f"- {name}: {int(mask.sum())} of {mask.size} pairs ({mask.mean():.2%})"
               for name, mask in summary.double_descent.items()] or ["- needs two sizes or enough checkpoints for two windows"]
@@ -266,9 +268,14 @@ def _hallucination_lines(scores: Mapping[str, SizeScores], corrupted: list[probe
 
 def _accuracy_lines(scores: Mapping[str, SizeScores], tasks: list, config: TrajectoryLimits, out_dir: Path) -> list[str]:
     """Few-shot accuracy vs validation ppl / FLOPs / tokens / size: predictor table and one figure."""
+    source = (f"BIG-bench task {config.bigbench} (loaded with eval.multiple_choice.load_bigbench_task) and "
+              if config.bigbench else "no BIG-bench task (none is bundled: pass trajectory_limits bigbench=PATH to a "
+              "task.json, as Xia et al. use BIG-bench); ")
     lines = ["", f"### Validation perplexity vs {config.num_shots}-shot multiple-choice accuracy", "",
-             "Length-normalised log-likelihood scoring; how well each quantity predicts accuracy over all sizes and "
-             "checkpoints (Spearman rho; R^2 of one shared linear fit on its log):", ""]
+             f"Tasks: {source}translation multiple choice built from held-out parallel text (pick the right "
+             "translation among 4 of similar length; ours, not a BIG-bench task). Length-normalised log-likelihood "
+             "scoring; how well each quantity predicts accuracy over all sizes and checkpoints (Spearman rho; R^2 of "
+             "one shared linear fit on its log):", ""]
     rows, points_by_task = [], {}
     for task in tasks:
         points = points_by_task[task.name] = analysis.accuracy_points(scores, task.name)

@@ -73,8 +73,9 @@ def test_regressor_choice_and_normalisation():
     # By index the window is chosen in steps too: 0.3 * 512 is nearest to checkpoint 128 (index 7).
     assert trends.window_indices(10, steps, 0.3) == (7, 10)
     assert trends.window_indices(10, None, 0.3) == (2, 10)  # evenly spaced: 0.3 * 10 -> 3rd checkpoint
-    with pytest.raises(ValueError, match="needs the checkpoint steps"):
-        classify_trends(ppl, None, TrendConfig(regressor="log_step"))
+    # Without steps the checkpoints count as evenly spaced (1..n), as the authors' analysis assumes.
+    even = classify_trends(ppl, None, TrendConfig(start_fraction=0.0))
+    assert even.slope[0] == pytest.approx(classify_trends(ppl, np.arange(1.0, 11.0), TrendConfig(start_fraction=0.0)).slope[0])
 
 
 def test_double_descent_across_sizes_and_within_a_model():
@@ -92,6 +93,15 @@ def test_double_descent_across_sizes_and_within_a_model():
     assert trends.double_descent_mask(early, [late])[0]
     with pytest.raises(ValueError, match="not the same tokens"):
         trends.double_descent_mask(small, [early])
+
+
+def test_stagnation_needs_the_band_and_the_variance_condition():
+    """The authors' stagnation: geometric mean within 0.95-1.05 of the first and last ppl AND variance
+    below it. A series that swings widely between equal ends passes the band but not the variance."""
+    swing = np.tile([30.0, 50.0, 10.0, 45.0, 12.0, 48.0, 15.0, 30.0], (1, 1))
+    steady = np.tile([30.0, 30.5, 29.6, 30.2, 29.9, 30.3, 29.8, 30.0], (1, 1))
+    result = classify_trends(np.concatenate([swing, steady]), config=TrendConfig(start_fraction=0.0))
+    assert list(result.labels) == [trends.OTHER, trends.STAGNATED]
 
 
 def test_mean_trajectories_and_plot(tmp_path):
@@ -114,8 +124,8 @@ def test_bad_input():
         TrendConfig(start_fraction=0.9, end_fraction=0.5)
     with pytest.raises(ValueError, match="regressor"):
         TrendConfig(regressor="step")
-    with pytest.raises(ValueError, match="at least 3"):
-        classify_trends(np.ones((2, 4)), config=TrendConfig(start_fraction=0.9))
+    with pytest.raises(trends.WindowTooShort, match="too short to classify.*holds 3 checkpoint.*at least 4"):
+        classify_trends(np.ones((2, 10)), config=TrendConfig(start_fraction=0.8))
     with pytest.raises(ValueError, match="> 0"):
         classify_trends(np.zeros((2, 10)))
     with pytest.raises(ValueError, match="strictly increasing"):

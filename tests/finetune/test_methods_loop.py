@@ -156,6 +156,23 @@ def test_best_step_is_the_lowest_dev_ppl_and_early_stopping_stops(base, monkeypa
     assert not without_patience.stopped_early and without_patience.steps_run == 6
 
 
+def test_stopping_rule_trains_at_least_the_floor_then_stops_on_patience():
+    rule = loop.StoppingRule.until_converged(max_steps=50, patience=2, min_steps=10, min_epochs=3, steps_per_epoch=5)
+    assert (rule.min_steps, rule.max_steps) == (15, 50)       # 3 epochs of 5 steps beat 10 steps
+    assert rule.stop_reason(14, evals_since_best=9) is None   # below the floor patience does not count
+    assert rule.stop_reason(16, evals_since_best=1) is None
+    assert rule.stop_reason(16, evals_since_best=2) == "patience"
+    assert rule.stop_reason(50, evals_since_best=0) == "max_steps"
+    assert loop.StoppingRule.fixed(8).stop_reason(8, 0) == "fixed_length"
+    assert loop.StoppingRule.until_converged(max_steps=20, patience=1, min_epochs=9, steps_per_epoch=5).min_steps == 20
+    with pytest.raises(ValueError, match="needs a patience"):
+        loop.StoppingRule.until_converged(max_steps=20, patience=None)
+    with pytest.raises(ValueError, match="min_steps=30 exceeds max_steps=20"):
+        loop.StoppingRule(max_steps=20, min_steps=30)
+    with pytest.raises(ValueError, match="patience=0 must be None or an integer >= 1"):
+        loop.StoppingRule(max_steps=20, patience=0)
+
+
 def test_best_params_are_exactly_those_of_the_best_step(base, monkeypatch):
     spec, lr, scale, _ = METHODS["prompt"]
     model = build_model(base["config"], base["params"], spec, seed=0)

@@ -41,7 +41,11 @@ def clean_gin():
     (dict(pretrain_workdir="/nonexistent/pretrain"), r"pretrain_workdir='/nonexistent/pretrain' does not exist"),
     (dict(task="mt_en_zh"), r"task 'mt_en_zh' uses vocabulary \S*en-zh.model but the checkpoint was pretrained "
                             r"with \S*en-de.model"),
-    (dict(epochs=1), r"exactly one of FinetuneConfig.epochs"),
+    (dict(epochs=1), r"exactly one of FinetuneConfig.epochs / num_steps / max_steps"),
+    (dict(num_steps=None, max_steps=8), r"max_steps=8 trains until dev PPL stops improving: set patience"),
+    (dict(min_steps=4), r"min_steps \(4\) and min_epochs \(None\) belong to the train-until-converged rule"),
+    (dict(num_steps=None, max_steps=8, patience=1, min_steps=9), r"min_steps=9 exceeds max_steps=8"),
+    (dict(from_scratch=True), r"from_scratch .* method must be 'fmt', got 'lora'"),
     (dict(task="mt_en_fr"), r"unknown finetuning task 'mt_en_fr'"),
 ])
 def test_bad_inputs_raise_clear_value_errors(smoke_pretrain_dir, changes, message, tmp_path):
@@ -107,6 +111,26 @@ def test_cli_run_writes_one_complete_result_and_rerun_is_a_noop(smoke_pretrain_d
 
     monkeypatch.setattr(ft_run, "_train", must_not_run)
     assert ft_run.run_finetune(config, workdir, progress=False) == result
+
+
+def test_train_until_converged_from_scratch_records_how_long_and_why(smoke_pretrain_dir, tmp_path):
+    """The rule's run: at least min_epochs epochs, then patience; the result records steps run,
+    epochs seen and the stop reason; from scratch, it records 0 pretraining tokens."""
+    config = small_config(smoke_pretrain_dir, method="fmt", learning_rate=None, parameter_scale=None, num_steps=None,
+                          max_steps=12, min_epochs=1, patience=1, from_scratch=True)
+    assert config.to_dict()["from_scratch"] is True and config.to_dict()["max_steps"] == 12
+    assert not {"max_steps", "min_steps", "min_epochs", "from_scratch"} & set(small_config(smoke_pretrain_dir).to_dict())
+    result = ft_run.run_finetune(config, tmp_path / "run", progress=False)
+    extra = result.extra_metrics
+    per_epoch = extra["steps_per_epoch"]
+    assert 1 <= per_epoch <= 8  # 32 examples, batch 4, packed
+    assert per_epoch <= extra["steps_run"] <= 12 and extra["epochs_seen"] == extra["steps_run"] / per_epoch
+    assert extra["stop.patience"] + extra["stop.max_steps"] == 1 and extra["stop.fixed_length"] == 0
+    assert result.pretrain_tokens == 0
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["stop_reason"] in ("patience", "max_steps")
+    pretrained = ft_run.run_finetune(config.replace(from_scratch=False), tmp_path / "pretrained", progress=False)
+    assert pretrained.pretrain_tokens == 8192 and pretrained.test_log_ppl < result.test_log_ppl
 
 
 def test_a_run_that_dies_leaves_no_result(smoke_pretrain_dir, tmp_path, monkeypatch):

@@ -169,7 +169,7 @@ def test_report_recovers_the_fake_laws_and_has_every_section(tmp_path):
         assert (tmp_path / "report" / png).stat().st_size > 1000
     fits = json.loads((tmp_path / "report" / "fits.json").read_text())
     a, alpha, beta, e = study_fakes.LAW["fmt"]
-    fmt = fits["joint"]["fmt"]
+    fmt = fits["forms"]["fmt"]["multiplicative"]
     assert fmt["shared"]["beta"] == pytest.approx(beta, abs=0.05)
     assert fmt["factors"]["model_params"]["params"]["alpha"] == pytest.approx(alpha, abs=0.05)
     assert "alpha(model)" in text and "misalignment signature" in text

@@ -47,7 +47,8 @@ def test_smoke_study_end_to_end(tmp_path):
     assert "Trajectory analysis failed" not in text and "returned no text" not in text
     for png in ("df_scaling.png", "joint_fits.png", "scale_vs_data.png"):
         assert (workdir / "report" / png).stat().st_size > 1000, png
-    assert "heldout_MAD" in text and "multiplicative_heldout_mad" in text and " [" in text  # tables and intervals
+    assert "heldout_MAD" in text and "heldout_mad / naive" in text and " [" in text  # tables and intervals
+    assert "## Finetuning protocol" in text and "fixed length: 1 epoch(s)" in text
     assert "**Model scaling vs pretraining-data scaling**" in text
 
     status = subprocess.run([sys.executable, "-m", "study", "status", f"--workdir={workdir}"], cwd=REPO,

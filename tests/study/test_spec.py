@@ -60,10 +60,33 @@ def test_finetune_kwargs_set_the_pet_size_of_the_method_only():
     (dict(holdout="random"), "holdout"),
     (dict(bootstrap_resamples=1), "bootstrap_resamples"),
     (dict(pretrain_gin="gin_configs/{model}.gin"), "pretrain_gin"),
+    (dict(num_steps=None, max_steps=64), "set StudySpec.patience"),
+    (dict(num_steps=None, max_steps=64, patience=2, min_steps=65), "min_steps=65 exceeds max_steps=64"),
+    (dict(min_epochs=2), "belong to the train-until-converged rule"),
+    (dict(num_steps=20, max_steps=64, patience=2), "exactly one of StudySpec.epochs / num_steps / max_steps"),
+    (dict(residual="squared"), "residual='squared'"),
+    (dict(isik_fit_points=1), "isik_fit_points"),
+    (dict(scratch_baseline=True, dp_sweep_sizes=()), "dp_sweep_sizes is empty"),
+    (dict(finetune_overrides={"from_scratch": True}), "grid sets itself"),
 ])
 def test_validation_names_the_bad_value(changes, message):
     with pytest.raises(ValueError, match=message):
         small(**changes)
+
+
+def test_run_length_rule_and_scratch_baseline_reach_the_finetune_config():
+    spec = small(num_steps=None, max_steps=64, min_steps=16, min_epochs=2, patience=3, scratch_baseline=True)
+    grid = spec.grid()
+    scratch = [p for p in grid if p.checkpoint_tokens == 0]
+    # each Dp-sweep size (tiny) from scratch: FMT only, every Df, the sweep seeds
+    assert sorted((p.size, p.method, p.finetune_examples, p.seed) for p in scratch) == \
+        [("tiny", "fmt", df, 0) for df in (8, 16, 32)]
+    assert "from scratch" in scratch[0].label()
+    kwargs = spec.finetune_kwargs(scratch[0], "/tmp/pretrain/tiny_aligned")
+    assert kwargs["from_scratch"] is True and kwargs["checkpoint_tokens"] == spec.token_budget
+    assert (kwargs["max_steps"], kwargs["min_steps"], kwargs["min_epochs"], kwargs["patience"]) == (64, 16, 2, 3)
+    assert kwargs["epochs"] is None and kwargs["num_steps"] is None
+    assert len(grid) == len(small().grid()) + 3
 
 
 def test_partition_is_disjoint_complete_and_deterministic():
@@ -84,11 +107,13 @@ def test_presets_parse_and_validate():
     smoke = load_spec(["gin_configs/studies/smoke.gin"])
     assert smoke.name == "smoke" and {"fmt", "lora"} <= set(smoke.methods) and len(smoke.dp_values) >= 2
     demo = load_spec(["gin_configs/studies/demo.gin"])
-    assert demo.sizes == ("xs", "s", "m", "l") and set(demo.methods) == {"fmt", "lora", "prompt"}
+    assert demo.sizes == ("xs", "s", "m") and "fmt" in demo.methods
     assert max(demo.finetune_examples) / min(demo.finetune_examples) >= 16 and len(demo.seeds) == 2
+    assert demo.max_steps is not None and demo.patience and demo.residual == "raw"   # the protocol of issue 17
     alignment = load_spec(["gin_configs/studies/alignment.gin"])
     assert alignment.alignment and set(alignment.pretrain_corpora) == {"aligned", "misaligned"}
-    assert len({p.checkpoint_tokens for p in alignment.grid()}) >= 4
+    assert len({p.checkpoint_tokens for p in alignment.grid()} - {0}) >= 4
+    assert alignment.scratch_baseline and len(alignment.seeds) >= 2 and 0 in {p.checkpoint_tokens for p in alignment.grid()}
     paper = load_spec(["gin_configs/studies/paper.gin"])
     assert paper.sizes == ("1b", "2b", "4b", "8b", "16b")
     grid = paper.grid()

@@ -12,7 +12,7 @@ FIXTURE = Path(__file__).parents[1] / "eval" / "fixtures" / "bigbench_task.json"
 # Shapes shared with test_traj_scoring, so the jitted programs are reused within one session.
 LIMITS = ["--num_sequences=12", "--prefix_tokens=8", "--target_tokens=24", "--corrupt_sequences=12",
           "--contrastive_prompts=4", "--contrastive_tokens=3", "--mc_questions=4", "--batch_size=16",
-          "--bigbench_max_examples=5", "--max_checkpoints=3", "--regressor=log_step", "--stagnation_band=0.9,1.1",
+          "--bigbench_max_examples=5", "--max_checkpoints=4", "--regressor=log_step", "--stagnation_band=0.9,1.1",
           "--no_progress"]
 
 
@@ -38,8 +38,8 @@ def test_cli_end_to_end_on_a_study_dir(smoke_pretrain_dir, tmp_path, capsys):
         labels = data["labels|tiny"]
         assert labels.shape == (12 * 24,) and set(np.unique(labels)) <= {0, 1, 2, 3}
     with np.load(out / "scores_tiny.npz") as data:
-        assert len([k for k in data.files if k.startswith("lp|validation|")]) == 3  # one per checkpoint scored
-        assert len([k for k in data.files if k.startswith("mc|package_purpose|")]) == 3
+        assert len([k for k in data.files if k.startswith("lp|validation|")]) == 4  # one per checkpoint scored
+        assert len([k for k in data.files if k.startswith("mc|package_purpose|")]) == 4
 
 
 def test_trajectory_section_contract(smoke_pretrain_dir, tmp_path):

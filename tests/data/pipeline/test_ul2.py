@@ -70,12 +70,12 @@ def test_every_denoiser_reconstructs_the_original(name, vocabulary, texts):
 
 def test_prefix_split_points_are_uniform(vocabulary):
     denoiser = ul2.DENOISERS["s_prefix"]
-    chunk = list(range(10, 30))  # 20 tokens: split uniform over 0..19
+    chunk = list(range(10, 30))  # 20 tokens: split uniform over 1..19 (a non-empty prefix, as T5's)
     examples = _denoised(denoiser, [chunk] * 1000, vocabulary, seed=3)
     splits = np.array([len(e["inputs"]) - 1 for e in examples])
     counts = np.bincount(splits, minlength=20)
-    assert splits.min() >= 0 and splits.max() <= 19
-    assert counts.min() > 20 and abs(splits.mean() - 9.5) < 0.6
+    assert splits.min() >= 1 and splits.max() <= 19
+    assert counts[1:].min() > 20 and abs(splits.mean() - 10.0) < 0.6
 
 
 def test_chunks_concatenate_back_to_the_token_stream(vocabulary, texts):
