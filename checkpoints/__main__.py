@@ -1,6 +1,6 @@
 """Training checkpoints from the command line.
 
-  python -m checkpoints list --workdir=DIR [--json]                       step, tokens, dev loss of each
+  python -m checkpoints list --workdir=DIR [--json]     step, tokens, dev loss, checksums checked
   python -m checkpoints export --workdir=DIR (--step=N | --tokens=T) --out=PATH
 """
 from __future__ import annotations
@@ -17,21 +17,22 @@ from checkpoints.store import list_checkpoints
 
 
 def print_listing(rows: list[dict]) -> None:
-    print(f"{'kind':<13}{'step':>8}{'tokens':>14}{'dev_loss':>10}{'dev_ppl':>10}  path")
+    print(f"{'kind':<13}{'step':>8}{'tokens':>14}{'dev_loss':>10}{'dev_ppl':>10}  {'checksums':<10}path")
     for row in rows:
         if "error" in row:
-            print(f"{row['kind']:<13}{row['step']:>8}  unreadable: {row['error'][:80]}")
+            print(f"{row['kind']:<13}{row['step']:>8}  CORRUPT: {row['error'][:300]}")
             continue
         dev = row["dev_loss"]
         dev_s = f"{dev:10.4f}" if dev is not None else f"{'-':>10}"
         ppl_s = f"{math.exp(min(dev, 50)):10.2f}" if dev is not None else f"{'-':>10}"
-        print(f"{row['kind']:<13}{row['step']:>8}{row['tokens']:>14}{dev_s}{ppl_s}  {row['path']}")
+        print(f"{row['kind']:<13}{row['step']:>8}{row['tokens']:>14}{dev_s}{ppl_s}  {row.get('checksums', '-'):<10}"
+              f"{row['path']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m checkpoints", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list", help="list checkpoints (step, tokens, dev loss)")
+    listing = sub.add_parser("list", help="list checkpoints (step, tokens, dev loss), files checked against checksums")
     listing.add_argument("--workdir", required=True)
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     export = sub.add_parser("export", help="export one checkpoint (orbax params, safetensors, config.json)")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "list":
-            rows = list_checkpoints(args.workdir)
+            rows = list_checkpoints(args.workdir, verify=True)
             if args.json:
                 for row in rows:
                     print(json.dumps(row))

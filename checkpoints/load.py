@@ -10,7 +10,8 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from checkpoints.store import CheckpointStore, find_checkpoint
+from checkpoints.checksums import CorruptCheckpointError
+from checkpoints.store import CheckpointStore, find_checkpoint, matching_checkpoints
 from model.config import ModelConfig
 from model.functional import make_rngs, split_params
 from model.methods import build_model
@@ -38,15 +39,24 @@ def read_checkpoint_meta(workdir: str | Path, *, step: int | None = None, tokens
 
 def load_checkpoint_params(workdir: str | Path, *, step: int | None = None,
                            tokens: int | None = None) -> tuple[ModelConfig, dict, dict]:
-    """(ModelConfig, params pure dict on one device, checkpoint meta) of a training checkpoint."""
-    kind, found = find_checkpoint(workdir, step=step, tokens=tokens)
+    """(ModelConfig, params pure dict on one device, checkpoint meta) of a training checkpoint,
+    its files checked against their checksums; when the intermediate checkpoint of that step is
+    corrupt, the rolling latest of the same step (the same state) is used, else
+    CorruptCheckpointError (a ValueError) names the file."""
     store = CheckpointStore(workdir, read_only=True)
+    errors: list[CorruptCheckpointError] = []
     try:
-        config = ModelConfig.from_dict(store.read_meta(kind, found)["model_config"])
-        params, meta = store.restore_params(kind, found, abstract_params(config))
+        for kind, found in matching_checkpoints(workdir, step=step, tokens=tokens):
+            try:
+                config = ModelConfig.from_dict(store.read_meta(kind, found)["model_config"])
+                params, meta = store.restore_params(kind, found, abstract_params(config))
+            except CorruptCheckpointError as error:
+                errors.append(error)
+                continue
+            return config, params, meta
     finally:
         store.close()
-    return config, params, meta
+    raise errors[0]
 
 
 def load_checkpoint_model(workdir: str | Path, *, step: int | None = None,

@@ -2,7 +2,9 @@
 pretraining-data axis of the study) and a rolling latest for resume. Each holds three items:
 `params`, `opt_state` (so a model loads without knowing the optimizer) and `meta` (step,
 tokens seen, model config, data position, RNG). Saves are atomic (orbax writes a tmp dir and
-renames it); a partial or corrupt directory is skipped with a warning naming it.
+renames it) and leave checksums of every file (checkpoints.checksums), checked before each
+restore; a partial or corrupt directory is skipped with a warning naming it, and set aside
+(renamed, never deleted) when a run resumes.
 """
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import jax
 import orbax.checkpoint as ocp
+
+from checkpoints.checksums import CorruptCheckpointError, verify_checksums, write_checksums
 
 INTERMEDIATE_DIR = "checkpoints"
 LATEST_DIR = "latest"
-
-
 
 class CheckpointWarning(UserWarning):
     """A checkpoint directory was skipped (partial write or unreadable)."""
@@ -60,6 +63,8 @@ class CheckpointStore:
             params=ocp.args.StandardSave(state["params"]), opt_state=ocp.args.StandardSave(state["opt_state"]),
             meta=ocp.args.JsonSave(meta)), force=True)
         self.managers[kind].wait_until_finished()
+        if jax.process_index() == 0:
+            write_checksums(self.step_dir(kind, step))
 
     def steps(self, kind: str) -> list[int]:
         self.managers[kind].reload()
@@ -73,16 +78,31 @@ class CheckpointStore:
         restored = self.managers[kind].restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
 
+    def verify(self, kind: str, step: int) -> bool:
+        """Check one checkpoint's files against its checksums: True if verified, False if it has
+        none (older code); CorruptCheckpointError naming the file that does not match."""
+        return verify_checksums(self.step_dir(kind, step))
+
+    def _restore_verified(self, kind: str, step: int, items: dict) -> dict:
+        """orbax's restore of `items` after the checksums are checked; any failure to read is a
+        CorruptCheckpointError naming the directory (orbax / tensorstore raise many types)."""
+        self.verify(kind, step)
+        try:
+            return self.managers[kind].restore(step, args=ocp.args.Composite(**items))
+        except Exception as error:  # noqa: BLE001
+            raise CorruptCheckpointError(f"checkpoint {self.step_dir(kind, step)} cannot be read: "
+                                         f"{type(error).__name__}: {str(error)[:300]}") from error
+
     def restore(self, kind: str, step: int, abstract_state: dict) -> tuple[dict, dict]:
         """({"params", "opt_state"}, meta) of one checkpoint, placed as `abstract_state`'s shardings say."""
-        restored = self.managers[kind].restore(step, args=ocp.args.Composite(
+        restored = self._restore_verified(kind, step, dict(
             params=ocp.args.StandardRestore(abstract_state["params"]),
             opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]), meta=ocp.args.JsonRestore()))
         return {"params": restored["params"], "opt_state": restored["opt_state"]}, dict(restored["meta"])
 
     def restore_params(self, kind: str, step: int, abstract_params: Any) -> tuple[Any, dict]:
-        """(params, meta) of one checkpoint; the optimizer state is not read."""
-        restored = self.managers[kind].restore(step, args=ocp.args.Composite(
+        """(params, meta) of one checkpoint; the optimizer state is not read (its checksums are checked)."""
+        restored = self._restore_verified(kind, step, dict(
             params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
         return restored["params"], dict(restored["meta"])
 
@@ -91,21 +111,36 @@ class CheckpointStore:
         items = [(s, "latest") for s in self.steps("latest")] + [(s, "intermediate") for s in self.steps("intermediate")]
         return sorted(items, key=lambda x: (x[0], x[1] == "latest"), reverse=True)
 
-    def restore_newest(self, abstract_state: Any) -> tuple[Any, dict, Path] | None:
-        """Restore the newest readable checkpoint; unreadable ones are skipped with a warning
-        naming the directory. None when there is nothing to resume from."""
+    def restore_newest(self, abstract_state: Any,
+                       accept: Callable[[dict, Path], None] = lambda meta, directory: None,
+                       ) -> tuple[Any, dict, Path] | None:
+        """Restore the newest intact checkpoint; corrupt ones (checksums, unreadable files) are
+        set aside with a warning naming the directory. `accept(meta, directory)` raises ValueError
+        for a checkpoint of another run, before any array is read (a refusal, not a corruption).
+        None when there is nothing to resume from."""
         for step, kind in self.candidates():
             directory = self.step_dir(kind, step)
             try:
+                self.verify(kind, step)
+                meta = self.read_meta(kind, step)
+            except Exception as error:  # noqa: BLE001  (corrupt files: orbax raises many types)
+                self._skip_corrupt(kind, step, error)
+                continue
+            accept(meta, directory)
+            try:
                 state, meta = self.restore(kind, step, abstract_state)
-            except Exception as error:  # corrupt files: orbax/tensorstore raise many types
-                aside = self._set_aside(kind, step)
-                warnings.warn(f"skipping corrupt {kind} checkpoint directory {directory}"
-                              f"{f' (moved to {aside.name})' if aside else ''}: "
-                              f"{type(error).__name__}: {str(error)[:300]}", CheckpointWarning)
+            except CorruptCheckpointError as error:
+                self._skip_corrupt(kind, step, error)
                 continue
             return state, meta, directory
         return None
+
+    def _skip_corrupt(self, kind: str, step: int, error: BaseException) -> None:
+        directory = self.step_dir(kind, step)
+        aside = self._set_aside(kind, step)
+        warnings.warn(f"skipping corrupt {kind} checkpoint directory {directory}"
+                      f"{f' (moved to {aside.name})' if aside else ''}: "
+                      f"{type(error).__name__}: {str(error)[:300]}", CheckpointWarning)
 
     def _set_aside(self, kind: str, step: int) -> Path | None:
         """Rename a corrupt step directory (kept for inspection, never deleted) so that the
@@ -119,9 +154,11 @@ class CheckpointStore:
         return aside
 
     def newest_good(self) -> Path | None:
-        """Directory of the newest checkpoint whose metadata reads (for error messages)."""
+        """Directory of the newest checkpoint whose files match their checksums and whose
+        metadata reads (for error messages)."""
         for step, kind in self.candidates():
             try:
+                self.verify(kind, step)
                 self.read_meta(kind, step)
                 return self.step_dir(kind, step)
             except Exception:
@@ -133,36 +170,50 @@ class CheckpointStore:
             manager.close()
 
 
-def list_checkpoints(workdir: str | Path) -> list[dict]:
-    """One record per checkpoint: kind, step, tokens, dev loss, directory."""
+def list_checkpoints(workdir: str | Path, *, verify: bool = False) -> list[dict]:
+    """One record per checkpoint: kind, step, tokens, dev loss, directory; with `verify`, also
+    "checksums" ("ok", or "none" for a checkpoint written without them), and a corrupt one gets
+    an "error" naming the file that does not match."""
     store = CheckpointStore(workdir, read_only=True)
     rows = []
     for kind in ("intermediate", "latest"):
         for step in store.steps(kind):
             try:
+                verified = store.verify(kind, step) if verify else None
                 meta = store.read_meta(kind, step)
-            except Exception as error:
-                rows.append({"kind": kind, "step": step, "error": f"{type(error).__name__}: {error}"})
+            except Exception as error:  # noqa: BLE001  (listed as unreadable, with the reason)
+                rows.append({"kind": kind, "step": step, "error": f"{type(error).__name__}: {error}",
+                             "path": str(store.step_dir(kind, step))})
                 continue
             rows.append({"kind": kind, "step": step, "tokens": meta.get("tokens_seen"),
                          "dev_loss": meta.get("dev_loss"), "train_loss": meta.get("train_loss"),
                          "model": (meta.get("model_config") or {}).get("name"),
                          "path": str(store.step_dir(kind, step))})
+            if verify:
+                rows[-1]["checksums"] = "ok" if verified else "none"
     store.close()
     return rows
 
 
-def find_checkpoint(workdir: str | Path, *, step: int | None = None, tokens: int | None = None) -> tuple[str, int]:
-    """(kind, step) for `--step=N` or `--tokens=T` (the checkpoint with exactly T tokens seen)."""
+def matching_checkpoints(workdir: str | Path, *, step: int | None = None,
+                         tokens: int | None = None) -> list[tuple[str, int]]:
+    """(kind, step) of every readable checkpoint with that step or token count, intermediate
+    first (the latest of the same step holds the same state: a fallback when one is corrupt)."""
     if (step is None) == (tokens is None):
         raise ValueError("give exactly one of step or tokens")
     rows = [r for r in list_checkpoints(workdir) if "error" not in r]
-    for row in sorted(rows, key=lambda r: r["kind"] != "intermediate"):
-        if (step is not None and row["step"] == step) or (tokens is not None and row["tokens"] == tokens):
-            return row["kind"], row["step"]
-    available = ", ".join(f"step {r['step']} ({r['tokens']} tokens)" for r in rows) or "none"
-    wanted = f"step {step}" if step is not None else f"{tokens} tokens"
-    raise ValueError(f"no checkpoint with {wanted} in {workdir}; available: {available}")
+    found = [(row["kind"], row["step"]) for row in sorted(rows, key=lambda r: r["kind"] != "intermediate")
+             if (step is not None and row["step"] == step) or (tokens is not None and row["tokens"] == tokens)]
+    if not found:
+        available = ", ".join(f"step {r['step']} ({r['tokens']} tokens)" for r in rows) or "none"
+        wanted = f"step {step}" if step is not None else f"{tokens} tokens"
+        raise ValueError(f"no checkpoint with {wanted} in {workdir}; available: {available}")
+    return found
+
+
+def find_checkpoint(workdir: str | Path, *, step: int | None = None, tokens: int | None = None) -> tuple[str, int]:
+    """(kind, step) for `--step=N` or `--tokens=T` (the checkpoint with exactly T tokens seen)."""
+    return matching_checkpoints(workdir, step=step, tokens=tokens)[0]
 
 
 def intermediate_checkpoints(workdir: str | Path) -> list[dict]:
