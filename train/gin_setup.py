@@ -5,6 +5,7 @@ a job includes its model's file first, then overrides its fields."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -18,7 +19,8 @@ def find_gin_file(name: str) -> Path:
     for candidate in (Path(name), REPO_ROOT / name):
         if candidate.is_file():
             return candidate
-    raise ValueError(f"gin file {name!r} not found (looked in {Path.cwd()} and {REPO_ROOT}); "
+    where = " and ".join(dict.fromkeys(str(p) for p in (Path.cwd(), REPO_ROOT)))
+    raise ValueError(f"gin file {name!r} not found (looked in {where}); "
                      "give a path such as gin_configs/pretrain/smoke.gin")
 
 
@@ -28,9 +30,38 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gin_param", action="append", default=[], help="gin binding, e.g. TrainConfig.seed=1 (repeatable)")
 
 
+_INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""", re.MULTILINE)
+
+
+def _check_includes(path: Path, seen: set[Path]) -> None:
+    """ValueError naming the file and line of an `include` whose file does not exist (gin itself
+    fails there with a TypeError about None)."""
+    if path in seen:
+        return
+    seen.add(path)
+    text = path.read_text(encoding="utf-8")
+    for match in _INCLUDE.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        try:
+            included = find_gin_file(match.group(1))
+        except ValueError as error:
+            raise ValueError(f"gin file {path}, line {line} (include): {error}") from None
+        _check_includes(included.resolve(), seen)
+
+
 def parse_gin(gin_files: Iterable[str], gin_params: Iterable[str], *, finalize: bool = True) -> None:
     """Parse gin files and bindings (later bindings win). `finalize=False` leaves the config open
     for modules that register configurables on first import (the data pipeline)."""
-    files = [str(find_gin_file(name)) for name in gin_files]
+    files = [find_gin_file(name) for name in gin_files]
+    seen: set[Path] = set()
+    for path in files:
+        _check_includes(path.resolve(), seen)
     gin.add_config_file_search_path(str(REPO_ROOT))
-    gin.parse_config_files_and_bindings(files, list(gin_params), finalize_config=finalize)
+    gin.parse_config_files_and_bindings([str(f) for f in files], list(gin_params), finalize_config=finalize)
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line: gin appends "In call to configurable ..." (dropped: the
+    message names the value) and "In file ..., line N" (kept: it says where) to exceptions."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("In call to configurable"))

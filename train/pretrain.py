@@ -24,10 +24,11 @@ from model.config import ModelConfig
 from model.sizes import count_params
 from model.transformer import Transformer
 from train import data_source, optimizer, synthetic  # noqa: F401  (gin configurables the job files bind)
-from train.gin_setup import add_gin_flags, parse_gin
+from train.gin_setup import add_gin_flags, one_line, parse_gin
 from train.metrics import flops_per_token_from_config
 from train.partitioning import make_mesh
 from train.trainer import RunInputs, TrainConfig, TrainingDivergedError, train
+from train.workdir_lock import hold_workdir
 
 
 @gin.configurable
@@ -39,6 +40,7 @@ def pretrain(
     distributed: bool = False,
     progress: bool = True,
     expected_model: str | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> dict:
     """Build everything from gin, check it (before any compute), then train in `workdir`.
 
@@ -46,6 +48,7 @@ def pretrain(
     `@SyntheticBatches` (tests/benchmarks only). It is required: no silent default.
     expected_model: the model name the caller expects the gin files to configure (the study
     checks that each size's pretraining file builds that size).
+    on_start: called once the workdir is accepted, before anything is written (train.trainer.train).
     """
     if distributed:
         jax.distributed.initialize()
@@ -78,7 +81,7 @@ def pretrain(
     logging.info("model %s: %s params (%s non-embedding), mesh %s, %d steps",
                  model.name, f"{counts['total']:,}", f"{counts['non_embedding']:,}", dict(mesh.shape),
                  config.total_steps())
-    return train(config, inputs, mesh, workdir, progress=progress)
+    return train(config, inputs, mesh, workdir, progress=progress, on_start=on_start)
 
 
 def configured_model() -> ModelConfig:
@@ -87,14 +90,24 @@ def configured_model() -> ModelConfig:
 
 
 def run_job(gin_files: list[str], gin_params: list[str], workdir: Path, **kwargs: Any) -> dict:
-    """Parse gin, record what was asked and what was used next to the outputs, pretrain."""
+    """Parse gin, hold the workdir (one job at a time), record what was asked and what was used
+    next to the outputs, pretrain."""
     parse_gin(gin_files, gin_params)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(workdir / "config.gin", gin.config_str())
-    try:
-        return pretrain(workdir, **kwargs)
-    finally:
-        write_text_atomic(workdir / "operative_config.gin", gin.operative_config_str())
+    asked = gin.config_str()
+    started = []
+
+    def record_config() -> None:  # once the trainer accepted the workdir: a refused one keeps its files
+        started.append(True)
+        write_text_atomic(workdir / "config.gin", asked)
+
+    with hold_workdir(workdir, "pretraining"):
+        if not (workdir / "config.gin").exists():  # a new workdir records what was asked even if it fails
+            write_text_atomic(workdir / "config.gin", asked)
+        try:
+            return pretrain(workdir, on_start=record_config, **kwargs)
+        finally:
+            if started:
+                write_text_atomic(workdir / "operative_config.gin", gin.operative_config_str())
 
 
 def _format(value: Any, spec: str) -> str:
@@ -114,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_job(args.gin_file, args.gin_param, Path(args.workdir), progress=not args.no_progress)
     except (ValueError, SyntaxError) as error:  # bad config values / gin syntax
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except TrainingDivergedError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 3
     mfu = summary["mfu"] and 100 * summary["mfu"]
     print(f"done: step {summary['final_step']}, {summary['tokens_seen']:,} tokens, "

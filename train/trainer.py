@@ -3,6 +3,7 @@ log, evaluate on the dev set, checkpoint, stop on NaN, and write summary.json.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -71,6 +72,13 @@ class TrainConfig:
         if self.num_steps is not None:
             return self.num_steps
         return self.token_budget // self.tokens_per_step
+
+    def run_identity(self) -> dict:
+        """The settings a checkpoint's step and token counts depend on (recorded in every
+        checkpoint; a resume with other values is refused): the tokens of one step, the schedule's
+        length and the run's randomness. Mesh-independent: a run may resume on another mesh."""
+        return {"batch_size": self.batch_size, "seq_len": self.seq_len, "total_steps": self.total_steps(),
+                "seed": self.seed, "z_loss": self.z_loss, "prng_impl": self.prng_impl}
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of the intermediate checkpoints: the first step whose tokens reach each target."""
@@ -147,30 +155,51 @@ def dev_loss(eval_fn: Callable, params: Any, rest: Any, dev_batches: Sequence[Ba
     return likelihood_of_batches(sums, dev_batches).log_ppl
 
 
+def _resume_refusal(meta: dict, inputs: RunInputs, config: TrainConfig) -> str | None:
+    """Why the checkpoint with `meta` is not this run's (None when it is): another model,
+    data source, or a setting that changes what its step and token counts mean."""
+    if meta.get("model_config") != inputs.model_config:
+        return f"was written for model {meta.get('model_config')}, but this run configures {inputs.model_config}"
+    recorded_data = {k: v for k, v in (meta.get("data_position") or {}).items() if k != "batches_consumed"}
+    if recorded_data != dict(inputs.data_description):
+        return f"was trained on data {recorded_data}, but this run configures {dict(inputs.data_description)}"
+    wanted = config.run_identity()
+    recorded = meta.get("train_config")
+    if recorded is None:  # written before train_config was recorded: tokens per step still tell
+        recorded = {"batch_size x seq_len": meta["tokens_seen"] // max(int(meta["step"]), 1)}
+        wanted = {"batch_size x seq_len": config.tokens_per_step}
+    changed = [f"{k}={recorded.get(k)!r} (now {wanted.get(k)!r})" for k in sorted(set(recorded) | set(wanted))
+               if recorded.get(k) != wanted.get(k)]
+    if changed:
+        return (f"was written with TrainConfig {', '.join(changed)}; resuming would make its step and token "
+                f"counts mean something else (step {meta['step']} = {meta['tokens_seen']:,} tokens)")
+    return None
+
+
 def _restore_or_init(store: CheckpointStore, parts: state_lib.ModelParts, optimizer: Any, inputs: RunInputs,
                      config: TrainConfig) -> tuple[dict, Any, int, dict, Path | None]:
     """(train state, rest, start step, checkpoint meta, its directory): the newest intact checkpoint
-    of this very run, or a fresh state. A checkpoint of another model or data source is refused."""
-    restored = store.restore_newest(parts.abstract_state)
+    of this very run, or a fresh state. A checkpoint of another run is refused before it is read."""
+    def accept(meta: dict, directory: Path) -> None:
+        refusal = _resume_refusal(meta, inputs, config)
+        if refusal:
+            raise ValueError(f"checkpoint {directory} {refusal}; use the same settings, or a fresh --workdir")
+
+    restored = store.restore_newest(parts.abstract_state, accept)
     if restored is None:
         train_state, rest = state_lib.init_state(inputs.model_factory, optimizer, parts, config.seed, config.prng_impl)
         return train_state, rest, 0, {}, None
     train_state, meta, directory = restored
-    if meta.get("model_config") != inputs.model_config:
-        raise ValueError(f"checkpoint {directory} was written for model {meta.get('model_config')}, "
-                         f"but this run configures {inputs.model_config}; use a fresh --workdir")
-    recorded_data = {k: v for k, v in (meta.get("data_position") or {}).items() if k != "batches_consumed"}
-    if recorded_data != dict(inputs.data_description):
-        raise ValueError(f"checkpoint {directory} was trained on data {recorded_data}, but this run "
-                         f"configures {dict(inputs.data_description)}; use a fresh --workdir")
     log.info("resuming from %s (step %d, %d tokens)", directory, meta["step"], meta["tokens_seen"])
     rest = state_lib.init_rest(inputs.model_factory, parts, config.seed, config.prng_impl)
     return train_state, rest, int(meta["step"]), meta, directory
 
 
 def train(config: TrainConfig, inputs: RunInputs, mesh: Mesh, workdir: str | Path,
-          *, progress: bool = True) -> dict:
-    """Run (or resume) the job in `workdir`; returns the summary also written to summary.json."""
+          *, progress: bool = True, on_start: Callable[[], None] | None = None) -> dict:
+    """Run (or resume) the job in `workdir`; returns the summary also written to summary.json.
+    `on_start` is called once the workdir is accepted (fresh, or a checkpoint of this run), before
+    anything is written: a refused workdir is left byte-identical."""
     workdir = Path(workdir)
     config.validate(mesh, max_len=inputs.model_config.get("max_len"))
     total_steps = config.total_steps()
@@ -185,6 +214,12 @@ def train(config: TrainConfig, inputs: RunInputs, mesh: Mesh, workdir: str | Pat
     except BaseException:
         store.close()
         raise
+    if start_step >= total_steps and (workdir / "summary.json").is_file():  # a finished run: keep its summary
+        store.close()
+        log.info("the run is already complete at step %d (%s)", start_step, last_good)
+        return json.loads((workdir / "summary.json").read_text(encoding="utf-8"))
+    if on_start is not None:
+        on_start()
     dropout = float(inputs.model_config.get("dropout_rate", 0.0) or 0.0) > 0
     loop = _Loop(
         config=config, inputs=inputs, mesh=mesh, store=store, total_steps=total_steps,
@@ -194,7 +229,8 @@ def train(config: TrainConfig, inputs: RunInputs, mesh: Mesh, workdir: str | Pat
         eval_fn=jit_eval_step(parts.graphdef, parts.param_shardings, parts.rest_shardings, mesh),
         peak=config.peak_flops or measure_matmul_peak(devices=list(mesh.devices.flat)),
         writer=MetricsWriter(workdir, resume_step=start_step if last_good else None),
-        start_step=start_step, last_loss=meta.get("train_loss"), last_dev_loss=meta.get("dev_loss"))
+        start_step=start_step, last_loss=meta.get("train_loss"), last_dev_loss=meta.get("dev_loss"),
+        resumed_from=last_good)
     log.info("state ready (step %d); float32 matmul peak %.3g FLOP/s", start_step, loop.peak)
     if start_step >= total_steps:
         log.info("the run is already complete at step %d (%s)", start_step, last_good)
@@ -216,8 +252,10 @@ class _Loop:
 
     def __init__(self, *, config: TrainConfig, inputs: RunInputs, mesh: Mesh, store: CheckpointStore,
                  total_steps: int, step_fn: Callable, eval_fn: Callable, peak: float, writer: MetricsWriter,
-                 start_step: int, last_loss: float | None, last_dev_loss: float | None):
+                 start_step: int, last_loss: float | None, last_dev_loss: float | None,
+                 resumed_from: Path | None = None):
         self.config, self.inputs, self.mesh, self.store = config, inputs, mesh, store
+        self.resumed_from = resumed_from  # cleared at the first save: a NaN before it is blamed on it
         self.total_steps, self.step_fn, self.eval_fn = total_steps, step_fn, eval_fn
         self.peak, self.writer, self.start_step = peak, writer, start_step
         self.last_loss, self.dev_loss = last_loss, last_dev_loss
@@ -231,6 +269,7 @@ class _Loop:
         return {"step": step, "tokens_seen": step * self.config.tokens_per_step,
                 "model_config": self.inputs.model_config,
                 "data_position": {"batches_consumed": step, **self.inputs.data_description},
+                "train_config": self.config.run_identity(),
                 "rng": {"seed": seed, "dropout_key": f"fold_in(key({seed}), step)"},
                 "train_loss": self.last_loss, "dev_loss": dev_loss, "time": time.time()}
 
@@ -238,6 +277,11 @@ class _Loop:
         """Fetch a step's metrics, stop on NaN/inf, log at the configured interval."""
         values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
         if not math.isfinite(values["loss"]):
+            if self.resumed_from is not None:
+                raise TrainingDivergedError(
+                    f"loss is {values['loss']} at step {step}, {step - self.start_step} step(s) after resuming from "
+                    f"checkpoint {self.resumed_from} with nothing saved since: that checkpoint may hold bad values "
+                    f"(its files match their checksums, if it has them); move it aside to resume from an older one")
             good = self.store.newest_good()
             raise TrainingDivergedError(
                 f"loss is {values['loss']} at step {step}; stopping. Last good checkpoint: "
@@ -260,6 +304,7 @@ class _Loop:
             if wanted:
                 save_start = time.perf_counter()
                 self.store.save(step, train_state, self.meta_for(step, self.dev_loss if is_eval else None), kind=kind)
+                self.resumed_from = None
                 self.writer.write(step, {f"checkpoint_save_s_{kind}": time.perf_counter() - save_start})
         self.clock.pause()  # evaluation and saving stay out of tokens/s
 
