@@ -25,11 +25,13 @@ import pandas as pd
 
 from checkpoints.atomic import atomic_path
 from finetune.result import RESULT_COLUMNS, RunResult, canonical_config_json, run_key
+from study import store_file
 from study.locks import default_worker_id, pid_alive
 
 STATUSES = ("pending", "running", "done", "failed")
 DB_FILENAME = "results.sqlite"
 SCHEMA_VERSION = 1
+MODEL_PARAMS = "model_params"  # exported column: the model-size axis the laws fit (README's `laws fit`)
 
 _STATE_COLUMNS = (
     "run_key TEXT PRIMARY KEY",
@@ -48,6 +50,14 @@ _STATE_COLUMNS = (
 )
 
 
+def _schema() -> list[str]:
+    """The statements that make a new store's tables."""
+    columns = list(_STATE_COLUMNS) + [f"{name} {sql_type}" for name, sql_type in RESULT_COLUMNS]
+    return [f"CREATE TABLE runs ({', '.join(columns)})", "CREATE INDEX runs_status ON runs (status)",
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}')"]
+
+
 # --- The store ------------------------------------------------------------------------
 
 
@@ -63,25 +73,27 @@ class ResultsStore:
         stale_after_s: float = 600.0,
         busy_timeout_s: float = 120.0,
         clock: Callable[[], float] = time.time,
+        create: bool = True,
     ) -> None:
         if journal_mode.lower() not in ("wal", "delete", "truncate"):
             raise ValueError(f"journal_mode must be 'wal' (one host) or 'delete'/'truncate' (network filesystems), got {journal_mode!r}")
         if stale_after_s <= 0:
             raise ValueError(f"stale_after_s must be > 0 seconds, got {stale_after_s!r}")
         self.study_dir = Path(study_dir)
-        self.study_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.study_dir / filename
         self.journal_mode = journal_mode.lower()
         self.stale_after_s = float(stale_after_s)
         self.busy_timeout_s = float(busy_timeout_s)
         self.clock = clock
         self._local = threading.local()
+        if self.path.exists() or self.path.is_symlink():
+            store_file.check_existing(self.path)  # never a new store over an existing path
+        elif not create:
+            raise ValueError(f"{self.study_dir} has no results store ({filename}); run the study first")
+        else:
+            self.study_dir.mkdir(parents=True, exist_ok=True)
+            store_file.create_whole(self.path, _schema())
         with self._transaction() as conn:
-            columns = list(_STATE_COLUMNS) + [f"{name} {sql_type}" for name, sql_type in RESULT_COLUMNS]
-            conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({', '.join(columns)})")
-            conn.execute("CREATE INDEX IF NOT EXISTS runs_status ON runs (status)")
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         if int(found) != SCHEMA_VERSION:
             raise ValueError(f"{self.path} has results schema version {found}, this code reads {SCHEMA_VERSION}")
@@ -90,7 +102,7 @@ class ResultsStore:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+            conn = store_file.connect_existing(self.path, self.busy_timeout_s)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
             conn.execute("PRAGMA synchronous=FULL")
@@ -186,6 +198,9 @@ class ResultsStore:
             now = self.clock()
             if not self._claimable(row, now, math.inf if retry_failed else None, mine_ok=worker_id):
                 return False
+            if row["status"] == "running" and row["worker_id"] == worker_id:  # already ours: the same attempt
+                conn.execute("UPDATE runs SET heartbeat_at=? WHERE run_key=?", (now, row["run_key"]))
+                return True
             self._take(conn, row["run_key"], worker_id, now)
             return True
 
@@ -286,6 +301,24 @@ class ResultsStore:
             )
             return cursor.rowcount == 1
 
+    def rekey(self, old_key: str, config: Mapping[str, Any]) -> str:
+        """Give row `old_key` the key of `config` (the same run with its config rewritten, e.g. made
+        relocatable); returns the new key. Where a row with that key exists already, one row is
+        kept: a done one, the new-key row if both or neither are done."""
+        new_key = run_key(config)
+        with self._transaction() as conn:
+            old = conn.execute("SELECT status FROM runs WHERE run_key=?", (old_key,)).fetchone()
+            if old is None or new_key == old_key:
+                return new_key
+            new = conn.execute("SELECT status FROM runs WHERE run_key=?", (new_key,)).fetchone()
+            if new is not None and (new["status"] == "done" or old["status"] != "done"):
+                conn.execute("DELETE FROM runs WHERE run_key=?", (old_key,))
+                return new_key
+            conn.execute("DELETE FROM runs WHERE run_key=?", (new_key,))
+            conn.execute("UPDATE runs SET run_key=?, config_json=? WHERE run_key=?",
+                         (new_key, canonical_config_json(config), old_key))
+        return new_key
+
     def has_result(self, run: Mapping[str, Any] | str) -> bool:
         """Whether the run finished (its row is done)."""
         row = self._conn().execute("SELECT status FROM runs WHERE run_key=?", (self._key(run),)).fetchone()
@@ -339,7 +372,8 @@ class ResultsStore:
         return [self._as_dict(r) for r in self._conn().execute(query + " ORDER BY created_at, rowid", args)]
 
     def to_dataframe(self, status: str | None = "done", *, expand_json: bool = True):
-        """Rows as a pandas DataFrame; zero-shot and extra metrics also as 'zero_shot.<name>' / 'extra.<name>' columns."""
+        """Rows as a pandas DataFrame; zero-shot and extra metrics also as 'zero_shot.<name>' / 'extra.<name>'
+        columns, and `model_params` (the non-embedding parameters: the model-size X of the laws)."""
         records = []
         for row in self.rows(status):
             row.pop("config")
@@ -347,8 +381,9 @@ class ResultsStore:
                 for column, prefix in (("zero_shot_json", "zero_shot."), ("extra_metrics_json", "extra.")):
                     for name, value in json.loads(row[column] or "{}").items():
                         row[prefix + name] = value
+            row[MODEL_PARAMS] = row["non_embedding_params"]
             records.append(row)
-        columns = ["run_key", "status"] + [name for name, _ in RESULT_COLUMNS]
+        columns = ["run_key", "status"] + [name for name, _ in RESULT_COLUMNS] + [MODEL_PARAMS]
         frame = pd.DataFrame.from_records(records)
         if frame.empty:
             return pd.DataFrame(columns=columns)

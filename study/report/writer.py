@@ -219,10 +219,13 @@ def write_report(spec: StudySpec, study_dir: str | Path, store: ResultsStore) ->
     """Fit everything on the done rows and write report.md, figures, results.csv and fits.json."""
     study_dir = Path(study_dir)
     out = study_dir / REPORT_DIRNAME
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = store.to_csv(out / "results.csv")
     raw = store.to_dataframe()
     counts = store.counts()
+    if raw.empty and _reported_rows(out / "results.csv"):
+        raise ValueError(f"{store.path} has no finished runs, but {out} holds a report of "
+                         f"{_reported_rows(out / 'results.csv')} runs; it was left as it is (check the results store)")
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = store.to_csv(out / "results.csv")
     report = _Report()
     if raw.empty:
         report.add("Study", lambda: f"No finished runs yet ({counts}).")
@@ -239,6 +242,14 @@ def write_report(spec: StudySpec, study_dir: str | Path, store: ResultsStore) ->
     if ctx.joint.fits is not None:
         write_text_atomic(out / "fits.json", json.dumps(ctx.joint.fits.to_dict(), indent=1, default=str))
     return write_text_atomic(out / "report.md", report.markdown(spec.name))
+
+
+def _reported_rows(csv_path: Path) -> int:
+    """Runs in an earlier report's results.csv (0 when there is none): never replaced by an empty report."""
+    try:
+        return len(pd.read_csv(csv_path))
+    except (OSError, ValueError):  # absent, or an empty / unreadable file: nothing worth keeping
+        return 0
 
 
 def _overview(spec: StudySpec, frame: pd.DataFrame, counts: dict, csv_path: Path, out: Path) -> str:

@@ -59,7 +59,8 @@ def grid_configs() -> set[str]:
 
 def count_status(study_dir: Path, status: str) -> int:
     try:
-        with sqlite3.connect(study_dir / "results.sqlite", timeout=30) as conn:
+        # mode=ro: polling before the study creates its store must not create an empty file there
+        with sqlite3.connect(f"file:{study_dir / 'results.sqlite'}?mode=ro", uri=True, timeout=30) as conn:
             return conn.execute("SELECT COUNT(*) FROM runs WHERE status=?", (status,)).fetchone()[0]
     except sqlite3.OperationalError:
         return 0
