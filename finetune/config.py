@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +111,18 @@ class FinetuneConfig:
                           lora_alpha=float(self.lora_alpha) if self.method == "lora" else 8.0,
                           prompt_length=self.prompt_length if self.method == "prompt" else 0)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict: the run's results key (the workdir made absolute, irrelevant sizes dropped)."""
+    def to_dict(self, relative_to: str | os.PathLike | None = None) -> dict[str, Any]:
+        """JSON-able dict: the run's identity (irrelevant sizes dropped). The pretraining workdir is
+        absolute, or relative to `relative_to` (a study directory, a run's workdir), so the identity
+        survives moving that directory together with the pretraining."""
         values = dataclasses.asdict(self)
         for name, default in KEY_DEFAULTS.items():
             if values[name] == default:
                 values.pop(name)
-        values["pretrain_workdir"] = str(Path(self.pretrain_workdir).absolute()) if self.pretrain_workdir else ""
+        if self.pretrain_workdir:
+            workdir = Path(self.pretrain_workdir).absolute()
+            values["pretrain_workdir"] = (str(workdir) if relative_to is None else
+                                          Path(os.path.relpath(workdir, Path(relative_to).absolute())).as_posix())
         if self.method != "lora":
             values.pop("lora_rank")
             values.pop("lora_alpha")

@@ -4,11 +4,13 @@
       --gin_param='FinetuneConfig.pretrain_workdir="runs/smoke"' \
       --gin_param='FinetuneConfig.checkpoint_step=16' --workdir=runs/ft_lora
 
-The workdir gets config.gin / operative_config.gin (CLI), config.json, metrics.jsonl (one line
-per step, dev PPL every K steps), the adapter (LoRA A/B or the prompt: adapter.safetensors; FMT:
-the whole model in model/, an export directory) and result.json (written last, atomically).
-A workdir whose result.json holds this very configuration is a finished run: a no-op. The
-study runner (`python -m study`) runs many of these into one results store.
+The workdir gets config.gin / operative_config.gin (CLI), config.json (the run's config, its
+pretrain_workdir relative to the workdir), metrics.jsonl (one line per step, dev PPL every K
+steps), the adapter (LoRA A/B or the prompt: adapter.safetensors; FMT: the whole model in
+model/, an export directory) and result.json (written last, atomically). A workdir whose
+result.json holds this very configuration is a finished run: a no-op; one holding a different
+run is refused (`--overwrite` replaces it). The study runner (`python -m study`) runs many of
+these into one results store.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from eval.evaluate import evaluate_task, evaluate_zero_shot
 from finetune.config import CheckpointInfo, FinetuneConfig
 from finetune.loop import STOP_REASONS, LoopResult, StoppingRule, finetune_loop
 from finetune.result import RunResult, code_version, run_key
+from finetune.workdir import CONFIG_FILE, EXPORT_DIR, METRICS_FILE, RESULT_FILE, claim_workdir, identity
 from model.functional import make_rngs
 from model.methods import base_params_of, build_model
 from model.transformer import Transformer
@@ -41,9 +44,6 @@ from model.sizes import count_params
 from train import optimizer  # noqa: F401  (make_optimizer's gin settings)
 from train.gin_setup import add_gin_flags, parse_gin
 
-RESULT_FILE = "result.json"
-METRICS_FILE = "metrics.jsonl"
-EXPORT_DIR = "model"
 # Test-set numbers kept as result columns; the rest of the evaluation goes to extra_metrics.
 STANDARD_KEYS = {"ppl", "log_ppl", "mean_log_likelihood", "target_tokens", "bleu", "chrf", "rouge_l", "signatures",
                  "examples"}
@@ -176,32 +176,23 @@ def _result(loop: LoopResult, config: FinetuneConfig, info: CheckpointInfo, star
     return result
 
 
-def _finished_in_workdir(config: FinetuneConfig, workdir: Path) -> RunResult | None:
-    """The RunResult of result.json when it was written for this very config."""
-    path = workdir / RESULT_FILE
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("run_key") != run_key(config.to_dict()):
-        return None
-    return RunResult(**record["result"])
-
-
-def run_finetune(config: FinetuneConfig, workdir: str | Path, *, progress: bool = True) -> RunResult:
-    """Train (best by dev PPL, early stopping), save the adapter, evaluate and return the RunResult;
-    a result.json of the same config in `workdir` makes the call a no-op."""
+def run_finetune(config: FinetuneConfig, workdir: str | Path, *, progress: bool = True,
+                 overwrite: bool = False) -> RunResult:
+    """Train (best by dev PPL, early stopping), save the adapter, evaluate and return the RunResult.
+    A workdir holding this very run, finished, makes the call a no-op; one holding a different run
+    is refused (ValueError) unless `overwrite`, which replaces it."""
     workdir = Path(workdir)
     info = config.validate()  # every ValueError before any compute
-    done = _finished_in_workdir(config, workdir)
-    if done is not None:
-        return done
+    if claim_workdir(config, workdir, overwrite=overwrite):
+        return RunResult(**json.loads((workdir / RESULT_FILE).read_text(encoding="utf-8"))["result"])
     started = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(workdir / "config.json", config.to_dict(), sort_keys=True)
+    recorded = identity(config, workdir)
+    write_json_atomic(workdir / CONFIG_FILE, recorded, sort_keys=True)
     loop, per_epoch = _train(config, info, workdir, progress)
     _save_finetuned(loop, config, info, workdir)
     result = _result(loop, config, info, started, per_epoch)
-    write_json_atomic(workdir / RESULT_FILE, {"run_key": run_key(config.to_dict()), "config": config.to_dict(),
+    write_json_atomic(workdir / RESULT_FILE, {"run_key": run_key(recorded), "config": recorded,
                                               "result": dataclasses.asdict(result), "history": loop.history,
                                               "stop_reason": loop.stop_reason},
                       sort_keys=True)
@@ -214,20 +205,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="output directory of this run")
     parser.add_argument("--export_merged", default=None, help="also export the LoRA model merged to this path")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run the workdir holds when it is a different one (refused otherwise)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)
     if not args.gin_file:
         parser.error("give at least one --gin_file (e.g. gin_configs/finetune/lora.gin)")
     workdir = Path(args.workdir)
+    started = False  # the gin files are written only once this run owns the workdir
     try:
         parse_gin(args.gin_file, args.gin_param)
         config = FinetuneConfig()
         if args.export_merged and config.method != "lora":  # refuse before training, not after
             raise ValueError(f"--export_merged is for LoRA runs; this run's method is {config.method!r} "
                              "(an FMT run exports its whole model to model/ already)")
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(workdir / "config.gin", gin.config_str())
+        config.validate()
+        finished = claim_workdir(config, workdir, overwrite=args.overwrite)
+        if not finished:
+            started = True
+            workdir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(workdir / "config.gin", gin.config_str())
         result = run_finetune(config, workdir, progress=not args.no_progress)
         if args.export_merged:
             export_finetuned(load_adapter_model(workdir / ADAPTER_FILE), args.export_merged)
@@ -235,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:
-        if workdir.is_dir():
+        if started and workdir.is_dir():
             write_text_atomic(workdir / "operative_config.gin", gin.operative_config_str())
     print(json.dumps(dataclasses.asdict(result), sort_keys=True))
     return 0

@@ -4,7 +4,9 @@ The study directory holds study.json (the spec; a rerun must use the same one), 
 (one row per run, study.results), pretrain/<size>_<corpus>/ (pretraining workdirs with their
 intermediate checkpoints), runs/<key>/ (one finetuning workdir per run) and report/. Kill it
 anywhere and rerun the same command: finished rows are kept, a run that was in flight is taken
-over (its worker is dead) and redone, nothing runs twice.
+over (its worker is dead) and redone, nothing runs twice. Run keys hold paths relative to the
+study directory, so a copied or moved directory resumes where it was. The spec is checked
+(study.preflight) before anything is recorded or pretrained.
 
 Parallel workers (`--worker=i --num_workers=n`, e.g. a SLURM array or a Kubernetes indexed
 job) take every n-th grid point from index i; they share the study directory, so the
@@ -28,8 +30,10 @@ from finetune.result import RunResult, run_key
 from finetune.run import run_finetune
 from study.locks import default_worker_id
 from study.pretraining import PretrainFn, ensure_pretrained, is_pretrained, pretrain_dir, pretrain_in_process
+from study.preflight import check_study
+from study.relocate import adopt_absolute_keys, run_dir
 from study.report import write_report
-from study.results import ResultsStore
+from study.results import DB_FILENAME, ResultsStore
 from study.spec import GridPoint, StudySpec, partition
 
 SPEC_FILENAME = "study.json"
@@ -44,13 +48,27 @@ def finetune_config(kwargs: dict[str, Any]) -> FinetuneConfig:
     return config
 
 
+def _read_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} (the study's recorded spec) is unreadable: {error}; restore it from a copy of the "
+                         f"study directory, or use a new --workdir") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} (the study's recorded spec) holds {type(values).__name__}, not a spec; restore it "
+                         f"from a copy of the study directory, or use a new --workdir")
+    return values
+
+
 def save_spec(spec: StudySpec, study_dir: Path) -> None:
     """Record the spec in the study directory; a different spec already there is an error."""
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ValueError(f"--workdir {study_dir} is a file, not a directory; give a new or existing study directory")
     study_dir.mkdir(parents=True, exist_ok=True)
     path = study_dir / SPEC_FILENAME
     new = spec.to_dict()
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = _read_spec_file(path)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
             raise ValueError(f"{study_dir} holds study {old.get('name')!r} with a different spec (fields {changed} differ); "
@@ -64,17 +82,28 @@ def read_spec(study_dir: str | Path) -> StudySpec:
     path = Path(study_dir) / SPEC_FILENAME
     if not path.is_file():
         raise ValueError(f"{study_dir} is not a study directory (no {SPEC_FILENAME}); run the study first")
-    return StudySpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return StudySpec.from_dict(_read_spec_file(path))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 class Grid:
-    """The grid's points with their finetuning configs and run keys (built once)."""
+    """The grid's points with their finetuning configs, the configs as the store records them
+    (pretraining workdir relative to the study directory: the directory can move) and run keys."""
 
     def __init__(self, spec: StudySpec, study_dir: Path, config_factory: Callable[[dict], Any]):
         self.points: list[GridPoint] = spec.grid()
         self.configs = {p: config_factory(spec.finetune_kwargs(p, pretrain_dir(study_dir, p.size, p.corpus)))
                         for p in self.points}
-        self.keys = {p: run_key(c.to_dict()) for p, c in self.configs.items()}
+        self.records = {p: c.to_dict(relative_to=study_dir) for p, c in self.configs.items()}
+        self.keys = {p: run_key(r) for p, r in self.records.items()}
+
+
+def run_in_study(config: FinetuneConfig, workdir: Path, *, progress: bool) -> RunResult:
+    """run_finetune in runs/<key>, which the run's claim owns: anything else found there (an
+    attempt recorded under another path, by older code) is replaced."""
+    return run_finetune(config, workdir, progress=progress, overwrite=True)
 
 
 def _result_line(point: GridPoint, result: RunResult, index: int, total: int) -> str:
@@ -100,7 +129,7 @@ def _run_claimed(store: ResultsStore, grid: Grid, mine: list[GridPoint], study_d
             key, point = claimed[0], by_key[claimed[0]]
             try:
                 with store.keep_alive(key, worker_id=worker_id) as lost:
-                    result = run_fn(grid.configs[point], study_dir / "runs" / key[:16], progress=False)
+                    result = run_fn(grid.configs[point], run_dir(study_dir, key), progress=False)
                     if lost.is_set():
                         raise RuntimeError("lost the claim on this run (heartbeat failed); another worker may redo it")
                 store.finish(key, result, worker_id=worker_id)
@@ -132,7 +161,7 @@ def _report_if_complete(spec: StudySpec, study_dir: Path, store: ResultsStore, s
 
 
 def run_study(spec: StudySpec, study_dir: str | Path, *, worker: int = 0, num_workers: int = 1,
-              run_fn: RunFn = run_finetune, pretrain_fn: PretrainFn = pretrain_in_process,
+              run_fn: RunFn = run_in_study, pretrain_fn: PretrainFn = pretrain_in_process,
               config_factory: Callable[[dict], Any] = finetune_config, progress: bool = True, report: bool = True,
               journal_mode: str = "wal", say: Say = print) -> dict[str, int]:
     """Pretrain, then run this worker's share of the grid (each run through run_fn), then report.
@@ -142,12 +171,14 @@ def run_study(spec: StudySpec, study_dir: str | Path, *, worker: int = 0, num_wo
     """
     study_dir = Path(study_dir)
     partition([], worker, num_workers)  # validates worker / num_workers before any work
+    check_study(spec, parse_pretrain_gin=pretrain_fn is pretrain_in_process)  # before anything is recorded
+    grid = Grid(spec, study_dir, config_factory)
     save_spec(spec, study_dir)
     started = time.time()
-    grid = Grid(spec, study_dir, config_factory)
     store = ResultsStore(study_dir, journal_mode=journal_mode)
     try:
-        store.add_many([grid.configs[p].to_dict() for p in grid.points])
+        adopt_absolute_keys(store, study_dir, say)
+        store.add_many([grid.records[p] for p in grid.points])
         mine = partition(grid.points, worker, num_workers)
         done_before = sum(store.has_result(grid.keys[p]) for p in mine)
         say(f"study {spec.name!r} in {study_dir}: {len(grid.points)} runs, worker {worker}/{num_workers} has "
@@ -176,9 +207,9 @@ def status_text(study_dir: str | Path) -> str:
         lock = workdir.parent / f"{workdir.name}.lock"
         state = "done" if is_pretrained(workdir) else "running" if lock.exists() else "pending"
         lines.append(f"pretraining {workdir.name}: {state}")
-    if not (study_dir / "results.sqlite").exists():
+    if not (study_dir / DB_FILENAME).exists():
         return "\n".join(lines + ["no finetuning runs registered yet"])
-    store = ResultsStore(study_dir)
+    store = ResultsStore(study_dir, create=False)
     lines.append(store.summary())
     store.close()
     return "\n".join(lines)
@@ -188,7 +219,7 @@ def report_study(study_dir: str | Path) -> Path:
     """Fit the laws on the finished rows of a study directory and write its report."""
     study_dir = Path(study_dir)
     spec = read_spec(study_dir)
-    store = ResultsStore(study_dir)
+    store = ResultsStore(study_dir, create=False)
     try:
         return write_report(spec, study_dir, store)
     finally:

@@ -94,7 +94,8 @@ def test_cli_run_writes_one_complete_result_and_rerun_is_a_noop(smoke_pretrain_d
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4] and "dev_ppl" in lines[1] and "dev_ppl" in lines[3]
     record = json.loads((workdir / "result.json").read_text())
-    assert record["config"] == config.to_dict()
+    assert record["config"] == config.to_dict(relative_to=workdir)  # pretrain_workdir relative to the run
+    assert (workdir / record["config"]["pretrain_workdir"]).resolve() == smoke_pretrain_dir.resolve()
     result = RunResult(**record["result"])
     row = result.to_row()  # every required field present and valid
     assert row["method"] == "lora" and row["pet_size"] == 8 and row["model_name"] == "tiny" and row["rouge_l"] is None
