@@ -42,7 +42,7 @@ from model.methods import base_params_of, build_model
 from model.transformer import Transformer
 from model.sizes import count_params
 from train import optimizer  # noqa: F401  (make_optimizer's gin settings)
-from train.gin_setup import add_gin_flags, parse_gin
+from train.gin_setup import add_gin_flags, one_line, parse_gin
 
 # Test-set numbers kept as result columns; the rest of the evaluation goes to extra_metrics.
 STANDARD_KEYS = {"ppl", "log_ppl", "mean_log_likelihood", "target_tokens", "bleu", "chrf", "rouge_l", "signatures",
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.export_merged:
             export_finetuned(load_adapter_model(workdir / ADAPTER_FILE), args.export_merged)
     except (ValueError, SyntaxError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     finally:
         if started and workdir.is_dir():

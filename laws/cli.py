@@ -48,10 +48,16 @@ def read_table(spec: str) -> pd.DataFrame:
         return datasets.load(spec.split(":", 1)[1])
     if not os.path.exists(spec):
         raise ValueError(f"file {spec!r} does not exist")
+    if os.path.isdir(spec):
+        raise ValueError(f"{spec!r} is a directory; give a results CSV file (a study writes DIR/report/results.csv)")
     try:
-        return pd.read_csv(spec)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        table = pd.read_csv(spec)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError) as exc:
         raise ValueError(f"cannot read {spec!r} as CSV: {exc}") from exc
+    if table.empty:
+        raise ValueError(f"{spec!r} has no rows (columns: {', '.join(map(str, table.columns)) or 'none'}); "
+                         "nothing to fit: run the study first, or check the file")
+    return table
 
 
 def run_fit(args) -> int:

@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow (seqio) 
 from study.plan import CHIP_PEAK_FLOPS, plan_dict, plan_study, plan_text  # noqa: E402
 from study.runner import report_study, run_study, status_text  # noqa: E402
 from study.spec import load_spec  # noqa: E402
-from train.gin_setup import add_gin_flags  # noqa: E402
+from train.gin_setup import add_gin_flags, one_line  # noqa: E402
 
 COMMANDS = ("run", "plan", "status", "report")
 
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            progress=not args.no_progress, report=not args.no_report, journal_mode=args.journal_mode)
         print(f"study time {time.perf_counter() - start:.0f} s")
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return 1 if counts["failed"] else 0
 

@@ -82,8 +82,9 @@ def read_spec(study_dir: str | Path) -> StudySpec:
     path = Path(study_dir) / SPEC_FILENAME
     if not path.is_file():
         raise ValueError(f"{study_dir} is not a study directory (no {SPEC_FILENAME}); run the study first")
+    values = _read_spec_file(path)
     try:
-        return StudySpec.from_dict(_read_spec_file(path))
+        return StudySpec.from_dict(values)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: {error}") from None
 
