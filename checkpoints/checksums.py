@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Iterable
 
 from checkpoints.atomic import write_json_atomic
 
@@ -41,9 +42,11 @@ def write_checksums(step_dir: str | Path) -> Path:
                              indent=1, sort_keys=True)
 
 
-def verify_checksums(step_dir: str | Path) -> bool:
+def verify_checksums(step_dir: str | Path, items: Iterable[str] | None = None) -> bool:
     """True when every recorded file matches, False when the directory has no checksums
-    (unverified); CorruptCheckpointError naming the first file that does not match."""
+    (unverified); CorruptCheckpointError naming the first file that does not match. `items`:
+    check only the files of these item directories (and the step's own files), e.g. a load of
+    the params alone does not read, or hash, the optimizer state."""
     step_dir = Path(step_dir)
     record_path = step_dir / CHECKSUMS_FILE
     if not record_path.is_file():
@@ -54,7 +57,10 @@ def verify_checksums(step_dir: str | Path) -> bool:
     except (ValueError, KeyError, TypeError) as error:
         raise CorruptCheckpointError(f"checkpoint {step_dir}: its {CHECKSUMS_FILE} is unreadable ({error}); "
                                      "the checkpoint cannot be verified") from None
+    wanted = None if items is None else set(items)
     for name, expected in sorted(files.items()):
+        if wanted is not None and "/" in name and name.split("/", 1)[0] not in wanted:
+            continue
         path = step_dir / name
         if not path.is_file():
             raise CorruptCheckpointError(f"checkpoint {step_dir}: file {name} is missing")

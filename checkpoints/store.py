@@ -12,7 +12,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -78,15 +78,16 @@ class CheckpointStore:
         restored = self.managers[kind].restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
 
-    def verify(self, kind: str, step: int) -> bool:
-        """Check one checkpoint's files against its checksums: True if verified, False if it has
-        none (older code); CorruptCheckpointError naming the file that does not match."""
-        return verify_checksums(self.step_dir(kind, step))
+    def verify(self, kind: str, step: int, items: Sequence[str] | None = None) -> bool:
+        """Check one checkpoint's files (of `items` only, if given) against its checksums: True if
+        verified, False if it has none (older code); CorruptCheckpointError naming the file that
+        does not match."""
+        return verify_checksums(self.step_dir(kind, step), items)
 
     def _restore_verified(self, kind: str, step: int, items: dict) -> dict:
-        """orbax's restore of `items` after the checksums are checked; any failure to read is a
+        """orbax's restore of `items` after their checksums are checked; any failure to read is a
         CorruptCheckpointError naming the directory (orbax / tensorstore raise many types)."""
-        self.verify(kind, step)
+        self.verify(kind, step, list(items))
         try:
             return self.managers[kind].restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # noqa: BLE001

@@ -125,17 +125,26 @@ def test_list_and_export_check_checksums(smoke_pretrain_dir, tmp_path, capsys):
     assert [r["checksums"] for r in list_checkpoints(workdir, verify=True) if "error" not in r] == ["ok"] * 5
 
     # the intermediate checkpoint of step 16 is intact: it is the one exported, values as written
-    assert checkpoints_main(["export", f"--workdir={workdir}", "--step=16", f"--out={tmp_path / 'e1'}"]) == 0
     written = ocp.StandardCheckpointer().restore(smoke_pretrain_dir / "checkpoints" / "16" / "params")
-    exported = ocp.StandardCheckpointer().restore(tmp_path / "e1" / "params")
-    for a, b in zip(jax.tree.leaves(written), jax.tree.leaves(exported), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # the intermediate corrupt too: the latest of the same step is used ... when it is intact
+    assert checkpoints_main(["export", f"--workdir={workdir}", "--step=16", f"--out={tmp_path / 'e1'}"]) == 0
+    assert_same_arrays(written, ocp.StandardCheckpointer().restore(tmp_path / "e1" / "params"))
+    # its params corrupt too: the latest of the same step holds the same params, intact (only its
+    # optimizer state is not), so it is exported
     scribble(largest_file(workdir / "checkpoints" / "16" / "params"))
+    assert checkpoints_main(["export", f"--workdir={workdir}", "--tokens=8192", f"--out={tmp_path / 'e2'}"]) == 0
+    assert_same_arrays(written, ocp.StandardCheckpointer().restore(tmp_path / "e2" / "params"))
+    # no intact params of step 16 left: exit 2 naming the file, nothing written
+    scribble(largest_file(workdir / "latest" / "16" / "params"))
+    capsys.readouterr()
     before = snapshot(workdir)
-    assert checkpoints_main(["export", f"--workdir={workdir}", "--tokens=8192", f"--out={tmp_path / 'e2'}"]) == 2
+    assert checkpoints_main(["export", f"--workdir={workdir}", "--tokens=8192", f"--out={tmp_path / 'e3'}"]) == 2
     one_error_line(capsys.readouterr().err, f"checkpoint {workdir}/checkpoints/16: file params/", "checksum")
-    assert not (tmp_path / "e2").exists() and snapshot(workdir) == before
+    assert not (tmp_path / "e3").exists() and snapshot(workdir) == before
+
+
+def assert_same_arrays(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_cli_export_of_an_unreadable_checkpoint_is_one_line(smoke_pretrain_dir, tmp_path, cli_env):
