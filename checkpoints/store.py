@@ -22,6 +22,7 @@ from checkpoints.checksums import CorruptCheckpointError, verify_checksums, writ
 INTERMEDIATE_DIR = "checkpoints"
 LATEST_DIR = "latest"
 
+
 class CheckpointWarning(UserWarning):
     """A checkpoint directory was skipped (partial write or unreadable)."""
 

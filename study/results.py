@@ -87,7 +87,7 @@ class ResultsStore:
         self.clock = clock
         self._local = threading.local()
         if self.path.exists() or self.path.is_symlink():
-            store_file.check_existing(self.path)  # never a new store over an existing path
+            store_file.check_existing(self.path, self.busy_timeout_s)  # never a new store over an existing path
         elif not create:
             raise ValueError(f"{self.study_dir} has no results store ({filename}); run the study first")
         else:

@@ -28,8 +28,9 @@ def connect_existing(path: Path, timeout_s: float) -> sqlite3.Connection:
                            isolation_level=None)
 
 
-def check_existing(path: Path) -> None:
-    """ValueError naming `path` unless it is an intact SQLite database holding the store's tables."""
+def check_existing(path: Path, timeout_s: float = 120.0) -> None:
+    """ValueError naming `path` unless it is an intact SQLite database holding the store's tables
+    (waiting up to `timeout_s` for another process's write lock)."""
     advice = ("restore it from a backup, or move it away to start a new store (its runs would be redone); "
               "it was left untouched")
     if not path.is_file():
@@ -41,12 +42,17 @@ def check_existing(path: Path) -> None:
     if header != SQLITE_HEADER:
         raise ValueError(f"results store {path} is not an SQLite database (it starts with {header[:16]!r}); {advice}")
     try:
-        conn = connect_existing(path, timeout_s=30.0)
+        conn = connect_existing(path, timeout_s=timeout_s)
         try:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
             conn.close()
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):  # held by a writer: not a fault of the file
+            raise ValueError(f"results store {path} stayed locked by another process for {timeout_s:.0f} s; "
+                             f"retry when it is done") from None
+        raise ValueError(f"results store {path} is corrupt ({error}); {advice}") from None
     except sqlite3.DatabaseError as error:
         raise ValueError(f"results store {path} is corrupt ({error}); {advice}") from None
     if problems != ["ok"]:
