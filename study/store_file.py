@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import quote
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 TABLES = ("runs", "meta")
 
 
@@ -35,12 +34,11 @@ def check_existing(path: Path, timeout_s: float = 120.0) -> None:
               "it was left untouched")
     if not path.is_file():
         raise ValueError(f"results store {path} is not a file; {advice}")
-    with open(path, "rb") as handle:
-        header = handle.read(len(SQLITE_HEADER))
-    if not header:
+    # No open()/close() of the file here: closing any descriptor of it drops the POSIX locks the
+    # SQLite connections of this process hold on it, and another process may then checkpoint and
+    # delete the WAL under them (https://sqlite.org/howtocorrupt.html, 2.2). stat and SQLite only.
+    if path.stat().st_size == 0:
         raise ValueError(f"results store {path} is empty (0 bytes), not a results database; {advice}")
-    if header != SQLITE_HEADER:
-        raise ValueError(f"results store {path} is not an SQLite database (it starts with {header[:16]!r}); {advice}")
     try:
         conn = connect_existing(path, timeout_s=timeout_s)
         try:
@@ -54,6 +52,8 @@ def check_existing(path: Path, timeout_s: float = 120.0) -> None:
                              f"retry when it is done") from None
         raise ValueError(f"results store {path} is corrupt ({error}); {advice}") from None
     except sqlite3.DatabaseError as error:
+        if "not a database" in str(error):
+            raise ValueError(f"results store {path} is not an SQLite database; {advice}") from None
         raise ValueError(f"results store {path} is corrupt ({error}); {advice}") from None
     if problems != ["ok"]:
         raise ValueError(f"results store {path} is corrupt (sqlite quick_check: {'; '.join(problems[:3])}); {advice}")

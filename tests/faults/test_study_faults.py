@@ -240,3 +240,19 @@ def test_a_study_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
     assert study_main(["status", f"--workdir={afile}"]) == 2
     one_error_line(capsys.readouterr().err, str(afile))
     assert afile.read_text() == "x"
+
+
+def test_checking_the_store_keeps_this_process_sqlite_locks(tmp_path):
+    """Opening a store checks its file; closing any descriptor of it would drop the locks this
+    process's connections hold, and another process could then delete the WAL under them (the
+    'database disk image is malformed' of a rerun after SIGKILL)."""
+    store = ResultsStore(tmp_path)
+    store.add({"run": 1})  # a WAL connection: it holds a shared lock on the file while open
+    ResultsStore(tmp_path).close()  # the check, in the same process
+    takeover = ("import sqlite3, sys\n"
+                "try:\n    print(sqlite3.connect(sys.argv[1], timeout=0.1).execute('PRAGMA journal_mode=delete').fetchone()[0])\n"
+                "except sqlite3.OperationalError as error:\n    print(error)\n")
+    other = subprocess.run([sys.executable, "-c", takeover, str(tmp_path / "results.sqlite")], capture_output=True,
+                           text=True, timeout=60)
+    assert other.stdout.strip() in ("wal", "database is locked"), other  # it could not take the file over
+    store.close()
