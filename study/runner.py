@@ -172,7 +172,7 @@ def run_study(spec: StudySpec, study_dir: str | Path, *, worker: int = 0, num_wo
     """
     study_dir = Path(study_dir)
     partition([], worker, num_workers)  # validates worker / num_workers before any work
-    check_study(spec, parse_pretrain_gin=pretrain_fn is pretrain_in_process)  # before anything is recorded
+    check_study(spec, study_dir, parse_pretrain_gin=pretrain_fn is pretrain_in_process)  # before anything is recorded
     grid = Grid(spec, study_dir, config_factory)
     save_spec(spec, study_dir)
     started = time.time()
