@@ -82,7 +82,7 @@ def test_the_same_run_after_moving_its_tree_is_still_a_no_op(smoke_pretrain_dir,
 def test_overwrite_replaces_the_run_the_workdir_holds(smoke_pretrain_dir, tmp_path, monkeypatch):
     workdir = finished_run(lora_config(smoke_pretrain_dir, lora_rank=4), tmp_path / "run")
     config = lora_config(smoke_pretrain_dir)
-    monkeypatch.setattr(ft_run, "_train", lambda *args: SimpleNamespace(history=[{"step": 4}]))  # training stubbed
+    monkeypatch.setattr(ft_run, "_train", lambda *args: (SimpleNamespace(history=[{"step": 4}], stop_reason="stub"), 4))
     monkeypatch.setattr(ft_run, "_save_finetuned",
                         lambda loop, config, info, workdir: (workdir / "adapter.safetensors").write_bytes(b"new"))
     monkeypatch.setattr(ft_run, "_result", lambda *args: dataclasses.replace(RESULT, code_version="new"))
