@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import gin
+import jax
 
 from checkpoints.atomic import write_json_atomic
 from checkpoints.store import INTERMEDIATE_DIR, list_checkpoints
@@ -93,18 +94,38 @@ def ensure_pretrained(spec: StudySpec, study_dir: str | Path, needed: Sequence[t
 
 
 def _pretrain_one(spec: StudySpec, size: str, corpus: str, workdir: Path, pretrain_fn: PretrainFn, progress: bool,
-                  say: Callable[[str], None]) -> None:
-    """Pretrain one (size, corpus), check its checkpoints and mark it done."""
+                  say: Callable[[str], None], *, extra_bindings: Sequence[str] = ()) -> None:
+    """Pretrain one (size, corpus), check its checkpoints and mark it done (process 0 writes the mark)."""
     gin_file, bindings = pretrain_bindings(spec, size, corpus)
     say(f"pretraining {workdir.name} ({spec.token_budget:,} tokens, checkpoints at "
         f"{', '.join(f'{t:,}' for t in spec.checkpoint_tokens)}) in {workdir}")
     start = time.perf_counter()
-    pretrain_fn(gin_file, bindings, workdir, size, progress)
+    pretrain_fn(gin_file, [*bindings, *extra_bindings], workdir, size, progress)
     _check_checkpoints(spec, workdir)
-    write_json_atomic(workdir / DONE_FILENAME, {
-        "size": size, "corpus": corpus, "token_budget": spec.token_budget,
-        "checkpoint_tokens": list(spec.checkpoint_tokens), "seconds": time.perf_counter() - start})
+    if jax.process_index() == 0:
+        write_json_atomic(workdir / DONE_FILENAME, {
+            "size": size, "corpus": corpus, "token_budget": spec.token_budget,
+            "checkpoint_tokens": list(spec.checkpoint_tokens), "seconds": time.perf_counter() - start})
     say(f"pretrained {workdir.name} in {time.perf_counter() - start:.0f} s")
+
+
+def pretrain_on_every_host(spec: StudySpec, study_dir: str | Path, size: str, corpus: str, *,
+                           distributed: bool = True, progress: bool = True,
+                           say: Callable[[str], None] = print) -> Path:
+    """One size's pretraining as one (multi-host) job: every host runs this (SPMD, one process per
+    host; `distributed` calls jax.distributed.initialize), then the study's workers find it done.
+    No claim lock: all hosts take part in the same run."""
+    if (size, corpus) not in spec.pretrain_runs():
+        raise ValueError(f"({size!r}, {corpus!r}) is not a pretraining run of study {spec.name!r}; "
+                         f"valid: {spec.pretrain_runs()}")
+    workdir = pretrain_dir(study_dir, size, corpus)
+    if is_pretrained(workdir):
+        say(f"{workdir.name} is already pretrained")
+        return workdir
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    _pretrain_one(spec, size, corpus, workdir, pretrain_in_process, progress, say,
+                  extra_bindings=[f"pretrain.distributed = {bool(distributed)}"])
+    return workdir
 
 
 def _check_checkpoints(spec: StudySpec, workdir: Path) -> None:
