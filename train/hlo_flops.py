@@ -13,6 +13,8 @@ import math
 import re
 from typing import Iterator
 
+import numpy as np
+
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%(\S+)\s+\(.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s+=\s+(.+?)\s+([\w\-]+)\((.*)$")
 _SHAPE = re.compile(r"^[a-z]\w*\[([\d,]*)\]")
@@ -81,11 +83,47 @@ def _matmul_flops(comp: _Computation, name: str, opcode: str, rest: str) -> floa
             return 0.0
         depth = math.prod(lhs[int(d)] for d in contracting.group(1).split(",") if d)
         return 2.0 * math.prod(out) * depth
-    labels = re.search(r"dim_labels=\w*_(\w+)->", rest)  # convolution: kernel labels, e.g. "io" or "01io"
-    if rhs is None or labels is None or len(labels.group(1)) != len(rhs):
+    return _convolution_flops(out, lhs, rhs, rest)
+
+
+def _window(rest: str, key: str, rank: int, default: int) -> list[list[int]]:
+    """A window attribute (`size=1x4`, `pad=0_0x3_3`, ...) as one list of ints per spatial dim."""
+    window = re.search(r"window=\{([^}]*)\}", rest)
+    field = re.search(rf"\b{key}=([\d_x\-]+)", window.group(1)) if window else None
+    if field is None:
+        return [[default, default] if key == "pad" else [default] for _ in range(rank)]
+    return [[int(v) for v in dim.split("_")] for dim in field.group(1).split("x")]
+
+
+def _valid_pairs(out: int, size: int, stride: int, pad_low: int, lhs_dilate: int, rhs_dilate: int, length: int) -> int:
+    """(output position, window position) pairs of one spatial dim that read a real input element
+    (not padding, not a hole of lhs dilation): how XLA's cost analysis counts a convolution."""
+    position = np.arange(out)[:, None] * stride + np.arange(size)[None, :] * rhs_dilate - pad_low
+    valid = (position >= 0) & (position <= (length - 1) * lhs_dilate) & (position % lhs_dilate == 0)
+    return int(valid.sum())
+
+
+def _convolution_flops(out: list[int], lhs: list[int] | None, rhs: list[int] | None, rest: str) -> float:
+    """2 x output batch x output features x kernel input features x the valid window positions.
+    TPU lowers batched dots to convolutions whose batch dims are padded windows, hence the count."""
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", rest)
+    if lhs is None or rhs is None or labels is None:
         return 0.0
-    per_output = math.prod(size for size, label in zip(rhs, labels.group(1)) if label != "o")
-    return 2.0 * math.prod(out) * per_output
+    lhs_labels, rhs_labels, out_labels = labels.groups()
+    if (len(lhs_labels), len(rhs_labels), len(out_labels)) != (len(lhs), len(rhs), len(out)):
+        return 0.0
+    spatial = sorted(label for label in out_labels if label.isdigit())
+    sizes = _window(rest, "size", len(spatial), 1)
+    strides = _window(rest, "stride", len(spatial), 1)
+    pads = _window(rest, "pad", len(spatial), 0)
+    lhs_dilates = _window(rest, "lhs_dilate", len(spatial), 1)
+    rhs_dilates = _window(rest, "rhs_dilate", len(spatial), 1)
+    pairs = 1
+    for d, label in enumerate(spatial):
+        pairs *= _valid_pairs(out[out_labels.index(label)], sizes[d][0], strides[d][0], pads[d][0],
+                              lhs_dilates[d][0], rhs_dilates[d][0], lhs[lhs_labels.index(label)])
+    outputs = out[out_labels.index("b")] * out[out_labels.index("f")]
+    return 2.0 * outputs * rhs[rhs_labels.index("i")] * pairs
 
 
 def _trip_count(computations: dict[str, _Computation], condition: str) -> int | None:

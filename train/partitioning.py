@@ -59,6 +59,13 @@ def make_mesh(
     return Mesh(array, MESH_AXES)
 
 
+@gin.configurable
+def slice_topology(topology: str | None = None) -> str | None:
+    """The slice a job is sized for (e.g. "v5p:4x4x4", bound in its gin file next to its mesh):
+    what `python -m train.compile` compiles the job for when given no --topology."""
+    return topology
+
+
 def batch_axis_size(mesh: Mesh) -> int:
     """Number of ways the batch is split (data x fsdp)."""
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
