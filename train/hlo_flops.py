@@ -3,7 +3,8 @@
 XLA's own `cost_analysis()` counts the body of a while loop once, so a step that scans over
 layers (or over microbatches, attention blocks, loss chunks) reports a fraction of its work.
 This counts every dot and convolution of every computation, times the number of times it
-runs: while bodies by their trip count (JAX's loops count an s32 from 0 while `i < N`),
+runs: while bodies by their trip count (`for (i = init; i < N; i += step)`: JAX's scans and
+maps, and the loops of XLA's windowed matmuls),
 fusions and calls once per call site. Only matmuls are counted (like the model FLOPs they are
 compared with); the numbers are per device of the SPMD program.
 """
@@ -46,6 +47,8 @@ class _Computation:
         self.name = name
         self.shapes: dict[str, list[int] | None] = {}
         self.lines: list[tuple[str, str, str, str]] = []  # (name, type, opcode, rest)
+        self.instructions: dict[str, tuple[str, str]] = {}  # name -> (opcode, rest)
+        self.root: str | None = None
 
 
 def _parse(text: str) -> tuple[dict[str, _Computation], str]:
@@ -66,6 +69,9 @@ def _parse(text: str) -> tuple[dict[str, _Computation], str]:
             name, type_text, opcode, rest = instruction.groups()
             current.shapes[name] = _dims(type_text)
             current.lines.append((name, type_text, opcode, rest))
+            current.instructions[name] = (opcode, rest)
+            if line.lstrip().startswith("ROOT"):
+                current.root = name
     if not entry:
         raise ValueError("no ENTRY computation in the HLO text")
     return computations, entry
@@ -126,23 +132,58 @@ def _convolution_flops(out: list[int], lhs: list[int] | None, rhs: list[int] | N
     return 2.0 * outputs * rhs[rhs_labels.index("i")] * pairs
 
 
-def _trip_count(computations: dict[str, _Computation], condition: str) -> int | None:
-    """N of a `counter < N` loop condition (JAX's scans and maps), or None if it is not one."""
-    comp = computations.get(condition)
-    if comp is None:
-        return None
-    constants = {}
-    for name, _, opcode, rest in comp.lines:
-        if opcode == "constant":
-            value = re.match(r"\s*(-?\d+)\)", rest)
-            if value:
-                constants[name] = int(value.group(1))
-    for _, _, opcode, rest in comp.lines:
-        if opcode == "compare" and "direction=LT" in rest:
-            operands = _operands(rest)
-            if len(operands) == 2 and operands[1] in constants:
-                return constants[operands[1]]
+def _source(comp: _Computation, name: str) -> tuple[str, str] | None:
+    """(opcode, rest) of the instruction `name` comes from, through copies and converts."""
+    for _ in range(8):
+        found = comp.instructions.get(name)
+        if found is None or found[0] not in ("copy", "convert", "bitcast"):
+            return found
+        name = _operands(found[1])[0]
     return None
+
+
+def _constant(comp: _Computation, name: str) -> int | None:
+    found = _source(comp, name)
+    value = re.match(r"\s*(-?\d+)\)", found[1]) if found and found[0] == "constant" else None
+    return int(value.group(1)) if value else None
+
+
+def _tuple_index(comp: _Computation, name: str) -> int | None:
+    found = _source(comp, name)
+    index = re.search(r"index=(\d+)", found[1]) if found and found[0] == "get-tuple-element" else None
+    return int(index.group(1)) if index else None
+
+
+def _trip_count(computations: dict[str, _Computation], caller: _Computation, rest: str) -> int | None:
+    """Iterations of a `for (i = init; i < N; i += step)` while loop (JAX's scans and maps, XLA's
+    windowed matmul loops), or None when the loop is not of that form."""
+    condition = computations.get(re.search(r"condition=%([\w.\-]+)", rest).group(1))
+    body = computations.get(re.search(r"body=%([\w.\-]+)", rest).group(1))
+    if condition is None or body is None or condition.root is None or body.root is None:
+        return None
+    opcode, compare = condition.instructions[condition.root]
+    operands = _operands(compare)
+    if opcode != "compare" or "direction=LT" not in compare or len(operands) != 2:
+        return None
+    index, limit = _tuple_index(condition, operands[0]), _constant(condition, operands[1])
+    if index is None or limit is None:
+        return None
+    # The body's new counter: add(get-tuple-element(param, index), step).
+    updated = _operands(body.instructions[body.root][1])
+    increment = _source(body, updated[index]) if index < len(updated) else None
+    if increment is None or increment[0] != "add":
+        return None
+    terms = _operands(increment[1])
+    steps = [_constant(body, t) for t in terms if _tuple_index(body, t) != index]
+    if len(steps) != 1 or not steps[0] or not any(_tuple_index(body, t) == index for t in terms):
+        return None
+    init_operands = _operands(rest)
+    initial = caller.instructions.get(init_operands[0]) if init_operands else None
+    start = 0  # JAX's loops count from 0; use the initial value when it can be read
+    if initial is not None and initial[0] == "tuple":
+        value = _constant(caller, _operands(initial[1])[index])
+        start = value if value is not None else 0
+    return max(0, -(-(limit - start) // steps[0]))
 
 
 def _callees(rest: str) -> Iterator[tuple[str, str]]:
@@ -172,8 +213,7 @@ def matmul_flops(hlo_text: str) -> dict[str, float | int]:
             callees = dict(_callees(rest)) if opcode != "while" else {}
             if opcode == "while":
                 body = re.search(r"body=%([\w.\-]+)", rest)
-                condition = re.search(r"condition=%([\w.\-]+)", rest)
-                trips = _trip_count(computations, condition.group(1)) if condition else None
+                trips = _trip_count(computations, comp, rest)
                 stats["loops"] += 1
                 if trips is None:
                     stats["unknown_trip_counts"] += 1
