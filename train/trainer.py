@@ -189,10 +189,24 @@ def dev_loss(eval_fn: Callable, params: Any, rest: Any, dev_batches: Sequence[Ba
     return likelihood_of_batches(sums, dev_batches).log_ppl
 
 
+def _refuse_other_model(store: CheckpointStore, inputs: RunInputs) -> None:
+    """Compare the newest checkpoint's recorded model before restoring: another parameter layout
+    (e.g. scan_layers) would fail to restore and be set aside as corrupt."""
+    for step, kind in store.candidates()[:1]:
+        try:
+            recorded = store.read_meta(kind, step).get("model_config")
+        except Exception:  # an unreadable record: restore_newest deals with corrupt checkpoints
+            return
+        if recorded is not None and recorded != inputs.model_config:
+            raise ValueError(f"checkpoint {store.step_dir(kind, step)} was written for model {recorded}, "
+                             f"but this run configures {inputs.model_config}; use a fresh --workdir")
+
+
 def _restore_or_init(store: CheckpointStore, parts: state_lib.ModelParts, optimizer: Any, inputs: RunInputs,
                      config: TrainConfig) -> tuple[dict, Any, int, dict, Path | None]:
     """(train state, rest, start step, checkpoint meta, its directory): the newest intact checkpoint
     of this very run, or a fresh state. A checkpoint of another model or data source is refused."""
+    _refuse_other_model(store, inputs)
     restored = store.restore_newest(parts.abstract_state)
     if restored is None:
         train_state, rest = state_lib.init_state(inputs.model_factory, optimizer, parts, config.seed, config.prng_impl)
