@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.finetune else MethodSpec("fmt")
         report = compile_job(configured_model(), TrainConfig(), target, spec)
     except (ValueError, SyntaxError) as error:  # bad flags, gin, topology, mesh or config values
-        print(f"error: {error}", file=sys.stderr)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]  # gin appends "In call to ..."
+        print(f"error: {first}", file=sys.stderr)
         return 2
     print(json.dumps(report) if args.json else format_report(report))
     return 0 if report["fits"] else 1
