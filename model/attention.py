@@ -31,7 +31,6 @@ class AttentionMask:
     def __init__(self, segment_ids: jax.Array, causal_attention: jax.Array | None = None,
                  prompt_length: int = 0, *, dense: bool = True):
         segment_ids = jnp.asarray(segment_ids)
-        batch, _ = segment_ids.shape
         if causal_attention is None:
             bidirectional = jnp.zeros(segment_ids.shape, bool)
         else:

@@ -146,7 +146,8 @@ class Transformer(nnx.Module):
             out = jnp.einsum("...d,vd->...v", x, table, preferred_element_type=jnp.float32)
             return constrain(out / math.sqrt(self.config.d_model), _logits_axes(x.ndim))
         kernel = self.output_kernel[...].astype(x.dtype)
-        return constrain(jnp.einsum("...d,dv->...v", x, kernel, preferred_element_type=jnp.float32), _logits_axes(x.ndim))
+        out = jnp.einsum("...d,dv->...v", x, kernel, preferred_element_type=jnp.float32)
+        return constrain(out, _logits_axes(x.ndim))
 
     def _check_tokens(self, input_tokens) -> jax.Array:
         input_tokens = jnp.asarray(input_tokens)
@@ -173,26 +174,21 @@ class Transformer(nnx.Module):
         x, positions = self.with_prompt(self.embed(input_tokens), jnp.asarray(positions, jnp.int32))
         x = constrain(x, RESIDUAL_AXES)
 
+        def layer(block, x):
+            return block(x, positions, mask, deterministic, compute)
+
         if self.config.scan_layers:
-            return scan_blocks(self.blocks, self._layer_fn(positions, mask, deterministic, compute), x, compute)
+            return scan_blocks(self.blocks, layer, x, compute)
         keys, values = [], []
         for block in self.blocks:
             if compute.remat == "none":
-                x, k, v = block(x, positions, mask, deterministic, compute)
+                x, k, v = layer(block, x)
             else:  # remat a pure function of the block's state
                 graphdef, state = nnx.split(block)
-                x, k, v = compute.checkpointed(self._layer_fn(positions, mask, deterministic, compute, graphdef))(
-                    state, x)
+                x, k, v = compute.checkpointed(lambda s, x: layer(nnx.merge(graphdef, s), x))(state, x)
             keys.append(k)
             values.append(v)
         return x, keys, values
-
-    @staticmethod
-    def _layer_fn(positions, mask, deterministic, compute, graphdef=None):
-        def run(block, x):
-            block = block if graphdef is None else nnx.merge(graphdef, block)
-            return block(x, positions, mask, deterministic, compute)
-        return run
 
     def hidden_states(self, input_tokens, *, segment_ids=None, positions=None, causal_attention=None,
                       deterministic: bool = True, compute: ComputeConfig = REFERENCE) -> jax.Array:
