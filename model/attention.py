@@ -31,14 +31,13 @@ class AttentionMask:
     def __init__(self, segment_ids: jax.Array, causal_attention: jax.Array | None = None,
                  prompt_length: int = 0, *, dense: bool = True):
         segment_ids = jnp.asarray(segment_ids)
-        if causal_attention is None:
-            bidirectional = jnp.zeros(segment_ids.shape, bool)
-        else:
-            bidirectional = jnp.asarray(causal_attention).astype(bool)
+        bidirectional = None if causal_attention is None else jnp.asarray(causal_attention).astype(bool)
         # Prompt positions carry segment 0 and no bidirectional flag; `rows` treats them apart.
         pad = ((0, 0), (prompt_length, 0))
         self.segment_ids = jnp.pad(segment_ids, pad) if prompt_length else segment_ids
-        self.bidirectional = jnp.pad(bidirectional, pad) if prompt_length else bidirectional
+        if bidirectional is not None and prompt_length:
+            bidirectional = jnp.pad(bidirectional, pad)
+        self.bidirectional = bidirectional
         self.prompt_length = prompt_length
         self.length = self.segment_ids.shape[1]
         self.dense = self.rows(0, self.length) if dense else None
@@ -46,14 +45,22 @@ class AttentionMask:
     def rows(self, start: jax.Array | int, count: int) -> jax.Array:
         """Boolean [B, count, S] for queries start .. start + count - 1 (rows past the end are
         all False: padding queries of a last, partial block)."""
-        q = start + jnp.arange(count)
+        if isinstance(start, int) and start + count <= self.length:  # static rows: plain slices
+            q = jnp.arange(start, start + count)
+            seg_q = self.segment_ids[:, start:start + count]
+            bidi_q = None if self.bidirectional is None else self.bidirectional[:, start:start + count]
+        else:
+            q = start + jnp.arange(count)
+            seg_q = jnp.take(self.segment_ids, q, axis=1, mode="fill", fill_value=0)
+            bidi_q = None if self.bidirectional is None else jnp.take(
+                self.bidirectional, q, axis=1, mode="fill", fill_value=False)
         k = jnp.arange(self.length)
-        seg_q = jnp.take(self.segment_ids, q, axis=1, mode="fill", fill_value=0)
-        bidi_q = jnp.take(self.bidirectional, q, axis=1, mode="fill", fill_value=False)
-        seg_k, bidi_k = self.segment_ids, self.bidirectional
         causal = k[None, :] <= q[:, None]  # [count, S]
-        allowed = causal[None] | (bidi_q[:, :, None] & bidi_k[:, None, :])
-        allowed = allowed & (seg_q[:, :, None] == seg_k[:, None, :]) & (seg_k[:, None, :] != 0)
+        allowed = jnp.broadcast_to(causal, (seg_q.shape[0],) + causal.shape)
+        if bidi_q is not None:
+            allowed = allowed | (bidi_q[:, :, None] & self.bidirectional[:, None, :])
+        seg_k = self.segment_ids[:, None, :]
+        allowed = allowed & (seg_q[:, :, None] == seg_k) & (seg_k != 0)
         if self.prompt_length == 0:
             return allowed
         q_prompt = (q < self.prompt_length)[None, :, None]
