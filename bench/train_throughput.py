@@ -2,6 +2,11 @@
 
   python bench/train_throughput.py [--sizes xs s m l] [--batch_size 32] [--seq_len 128]
       [--steps 10] [--profile_dir DIR] [--json OUT]
+      [--scan_layers] [--remat none|full|save_matmuls] [--attention einsum|blockwise|dot_product]
+      [--attention_block N] [--loss_chunk N] [--microbatches N]
+
+The step is the trainer's (train.trainer.build_train_step); the last six flags switch on the
+scale features (model.compute), so their CPU cost can be compared with the default path.
 
 MFU = achieved model FLOP/s (PaLM formula: 6 x matmul params + attention) / the float32
 2048^3 matmul FLOP/s measured in the same process just before and just after each size's
@@ -21,31 +26,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from model.methods import model_factory  # noqa: E402
 from model.sizes import count_params, get_config  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
 from checkpoints.store import CheckpointStore  # noqa: E402
 from train.metrics import flops_per_token_from_config, measure_matmul_peak  # noqa: E402
-from train.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
 from train.partitioning import make_mesh  # noqa: E402
-from train.state import init_state, plan  # noqa: E402
-from train.step import jit_train_step, make_train_step, shard_batch  # noqa: E402
+from train.state import init_state  # noqa: E402
+from train.step import shard_batch  # noqa: E402
 from train.synthetic import synthetic_batch  # noqa: E402
+from train.trainer import TrainConfig, build_train_step  # noqa: E402
 
 
 def bench_size(name: str, *, batch_size: int, seq_len: int, steps: int, vocab_size: int,
-               profile_dir: str | None, save_repeats: int) -> dict:
-    config = get_config(name, vocab_size=vocab_size)
+               profile_dir: str | None, save_repeats: int, scan_layers: bool = False, **compute) -> dict:
+    config = get_config(name, vocab_size=vocab_size).replace(scan_layers=scan_layers)
     counts = count_params(config)
     flops_per_token = flops_per_token_from_config(config.to_dict(), counts["non_embedding"], seq_len)
     mesh = make_mesh(devices=jax.devices()[:1])
-    schedule = learning_rate_schedule(1000)
-    optimizer = make_optimizer(schedule)
-    factory = lambda rngs: Transformer(config, rngs=rngs)  # noqa: E731
-    parts = plan(factory, optimizer, mesh, 0, "rbg")
-    state, rest = init_state(factory, optimizer, parts, 0, "rbg")
-    step_fn = jit_train_step(make_train_step(parts.graphdef, optimizer, schedule=schedule, z_loss=0.0,
-                                             dropout=False, seed=0), parts.state_shardings, parts.rest_shardings,
-                             mesh)
+    train_config = TrainConfig(batch_size=batch_size, seq_len=seq_len, num_steps=1000, prng_impl="rbg", **compute)
+    factory = model_factory(config)
+    program = build_train_step(train_config, factory, mesh, dropout=False)
+    state, rest = init_state(factory, program.optimizer, program.parts, 0, "rbg")
+    step_fn = program.step_fn
     batches = [shard_batch(synthetic_batch(i, rows=batch_size, seq_len=seq_len, vocab_size=vocab_size, seed=0),
                            mesh) for i in range(4)]
     compile_start = time.perf_counter()
@@ -100,15 +102,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save_repeats", type=int, default=3)
     parser.add_argument("--profile_dir", default=None, help="write a jax.profiler trace per size here")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--scan_layers", action="store_true")
+    parser.add_argument("--remat", default="none")
+    parser.add_argument("--attention", default="einsum")
+    parser.add_argument("--attention_block", type=int, default=512)
+    parser.add_argument("--loss_chunk", type=int, default=0)
+    parser.add_argument("--microbatches", type=int, default=1)
     args = parser.parse_args(argv)
-    print(f"devices: {jax.devices()}  load average: {os.getloadavg()}")
+    features = dict(scan_layers=args.scan_layers, remat=args.remat, attention=args.attention,
+                    attention_block=args.attention_block, loss_chunk=args.loss_chunk, microbatches=args.microbatches)
+    print(f"devices: {jax.devices()}  load average: {os.getloadavg()}  features: {features}")
     rows = []
     header = (f"{'size':>4} {'params':>10} {'step s':>8} {'tokens/s':>10} {'GFLOP/s':>8} {'peak':>8} "
               f"{'MFU':>6} {'MFU best':>8} {'ckpt s':>7}")
     print(header)
     for name in args.sizes:
         row = bench_size(name, batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
-                         vocab_size=args.vocab_size, profile_dir=args.profile_dir, save_repeats=args.save_repeats)
+                         vocab_size=args.vocab_size, profile_dir=args.profile_dir, save_repeats=args.save_repeats,
+                         **features)
         rows.append(row)
         print(f"{name:>4} {row['params_total']:>10,} {row['step_s_median']:>8.3f} {row['tokens_per_s']:>10,.0f} "
               f"{row['achieved_flops'] / 1e9:>8.1f} {row['matmul_peak_flops'] / 1e9:>8.1f} "

@@ -1,12 +1,14 @@
 """Multi-query / grouped-query attention (queries grouped against shared K/V heads) and masks."""
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model.compute import REFERENCE, ComputeConfig
 from model.config import ModelConfig
 from model.layers import Projection, apply_rope
 from model.lora import LoRAConfig
@@ -15,39 +17,63 @@ from model.lora import LoRAConfig
 _MASKED = -1e30
 
 
-def make_attention_mask(
-    segment_ids: jax.Array, causal_attention: jax.Array | None = None, prompt_length: int = 0
-) -> jax.Array:
-    """Boolean mask [B, P+T, P+T]: may query q attend to key k (t5x make_decoder_mask rule).
+class AttentionMask:
+    """Which key each query may attend to (the t5x make_decoder_mask rule), kept as per-position
+    vectors over the [soft prompt; tokens] sequence and materialised whole (`dense`) or one block
+    of query rows at a time (`rows`), never as float32.
 
     Over the tokens: [k <= q or (ca[q] and ca[k])] and seg[q] == seg[k] and seg[k] != 0.
     A soft prompt of P positions comes first: prompt queries attend causally among the prompt
     only (so the prompt's states are the same in every packed segment), and every non-padding
     token query also attends to all prompt keys.
     """
-    segment_ids = jnp.asarray(segment_ids)
-    batch, length = segment_ids.shape
-    idx = jnp.arange(length)
-    allowed = idx[None, :] <= idx[:, None]  # [T(q), T(k)]
-    allowed = jnp.broadcast_to(allowed, (batch, length, length))
-    if causal_attention is not None:
-        ca = jnp.asarray(causal_attention).astype(bool)
-        allowed = allowed | (ca[:, :, None] & ca[:, None, :])
-    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    allowed = allowed & same_segment & (segment_ids[:, None, :] != 0)
-    if prompt_length == 0:
-        return allowed
-    p_idx = jnp.arange(prompt_length)
-    prompt_rows = jnp.concatenate(
-        [
-            jnp.broadcast_to(p_idx[None, :] <= p_idx[:, None], (batch, prompt_length, prompt_length)),
-            jnp.zeros((batch, prompt_length, length), bool),
-        ],
-        axis=2,
-    )
-    not_pad = (segment_ids != 0)[:, :, None]
-    token_rows = jnp.concatenate([jnp.broadcast_to(not_pad, (batch, length, prompt_length)), allowed], axis=2)
-    return jnp.concatenate([prompt_rows, token_rows], axis=1)
+
+    def __init__(self, segment_ids: jax.Array, causal_attention: jax.Array | None = None,
+                 prompt_length: int = 0, *, dense: bool = True):
+        segment_ids = jnp.asarray(segment_ids)
+        bidirectional = None if causal_attention is None else jnp.asarray(causal_attention).astype(bool)
+        # Prompt positions carry segment 0 and no bidirectional flag; `rows` treats them apart.
+        pad = ((0, 0), (prompt_length, 0))
+        self.segment_ids = jnp.pad(segment_ids, pad) if prompt_length else segment_ids
+        if bidirectional is not None and prompt_length:
+            bidirectional = jnp.pad(bidirectional, pad)
+        self.bidirectional = bidirectional
+        self.prompt_length = prompt_length
+        self.length = self.segment_ids.shape[1]
+        self.dense = self.rows(0, self.length) if dense else None
+
+    def rows(self, start: jax.Array | int, count: int) -> jax.Array:
+        """Boolean [B, count, S] for queries start .. start + count - 1 (rows past the end are
+        all False: padding queries of a last, partial block)."""
+        if isinstance(start, int) and start + count <= self.length:  # static rows: plain slices
+            q = jnp.arange(start, start + count)
+            seg_q = self.segment_ids[:, start:start + count]
+            bidi_q = None if self.bidirectional is None else self.bidirectional[:, start:start + count]
+        else:
+            q = start + jnp.arange(count)
+            seg_q = jnp.take(self.segment_ids, q, axis=1, mode="fill", fill_value=0)
+            bidi_q = None if self.bidirectional is None else jnp.take(
+                self.bidirectional, q, axis=1, mode="fill", fill_value=False)
+        k = jnp.arange(self.length)
+        causal = k[None, :] <= q[:, None]  # [count, S]
+        allowed = jnp.broadcast_to(causal, (seg_q.shape[0],) + causal.shape)
+        if bidi_q is not None:
+            allowed = allowed | (bidi_q[:, :, None] & self.bidirectional[:, None, :])
+        seg_k = self.segment_ids[:, None, :]
+        allowed = allowed & (seg_q[:, :, None] == seg_k) & (seg_k != 0)
+        if self.prompt_length == 0:
+            return allowed
+        q_prompt = (q < self.prompt_length)[None, :, None]
+        k_prompt = (k < self.prompt_length)[None, None, :]
+        to_prompt = jnp.where(q_prompt, causal[None], (seg_q != 0)[:, :, None])
+        return jnp.where(k_prompt, to_prompt, allowed & ~q_prompt)
+
+
+def make_attention_mask(
+    segment_ids: jax.Array, causal_attention: jax.Array | None = None, prompt_length: int = 0
+) -> jax.Array:
+    """Boolean mask [B, P+T, P+T]: may query q attend to key k (AttentionMask's rule)."""
+    return AttentionMask(segment_ids, causal_attention, prompt_length).dense
 
 
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -64,6 +90,40 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(batch, q_len, num_heads, head_dim)
+
+
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, block: int) -> jax.Array:
+    """grouped_attention one block of `block` query rows at a time, each block's scores and mask
+    recomputed in the backward pass: float32 scores exist for [B, heads, block, S] only."""
+    batch, q_len, num_heads, head_dim = q.shape
+    block = min(block, q_len)
+    num_blocks = -(-q_len // block)
+    padded = jnp.pad(q, ((0, 0), (0, num_blocks * block - q_len), (0, 0), (0, 0)))
+    blocks = padded.reshape(batch, num_blocks, block, num_heads, head_dim).swapaxes(0, 1)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def one_block(args):
+        q_block, start = args
+        return grouped_attention(q_block, k, v, mask.rows(start, block))
+
+    out = jax.lax.map(one_block, (blocks, jnp.arange(num_blocks) * block))
+    return out.swapaxes(0, 1).reshape(batch, num_blocks * block, num_heads, head_dim)[:, :q_len]
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask | jax.Array,
+           compute: ComputeConfig) -> jax.Array:
+    """Attention of q [B,T,H,D] (already scaled) over k/v [B,S,K,D] by `compute.attention`;
+    `mask` is an AttentionMask or a dense boolean [B,T,S] (not for blockwise attention)."""
+    if compute.attention == "blockwise":
+        if not isinstance(mask, AttentionMask):
+            raise ValueError("attention='blockwise' needs an AttentionMask, not a dense mask array")
+        return blockwise_attention(q, k, v, mask, compute.attention_block)
+    dense = mask.dense if isinstance(mask, AttentionMask) else mask
+    if dense is None:
+        raise ValueError(f"attention={compute.attention!r} needs AttentionMask(..., dense=True)")
+    if compute.attention == "dot_product":
+        return jax.nn.dot_product_attention(q, k, v, mask=dense[:, None], scale=1.0)
+    return grouped_attention(q, k, v, dense)
 
 
 class Attention(nnx.Module):
@@ -88,10 +148,11 @@ class Attention(nnx.Module):
         k = apply_rope(kv[:, :, 0], positions, self.rope_max_wavelength)
         return q, k, kv[:, :, 1]
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: AttentionMask | jax.Array,
+                 compute: ComputeConfig = REFERENCE) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Full-sequence attention; also returns this layer's keys and values (for a KV cache)."""
         q, k, v = self.project_qkv(x, positions)
-        return self.o(grouped_attention(q, k, v, mask)), k, v
+        return self.o(attend(q, k, v, mask, compute)), k, v
 
     def decode(
         self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,

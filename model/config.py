@@ -34,6 +34,9 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout_rate: float = 0.0
     rope_max_wavelength: float = 10_000.0
+    # Layers stacked on a leading `layers` axis and run by a scan (one layer compiled, not
+    # num_layers): a parameter layout, so it is recorded with checkpoints.
+    scan_layers: bool = False
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -64,8 +67,9 @@ class ModelConfig:
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in _DTYPES:
                 raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r} must be one of {_DTYPES}")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"ModelConfig.tie_embeddings={self.tie_embeddings!r} must be True or False")
+        for field in ("tie_embeddings", "scan_layers"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r} must be True or False")
         if not (0.0 <= float(self.dropout_rate) < 1.0):
             raise ValueError(f"ModelConfig.dropout_rate={self.dropout_rate!r} must be in [0, 1)")
         if not float(self.rope_max_wavelength) > 1.0:

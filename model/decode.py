@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from model.transformer import scan_blocks
+
 
 def _select(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array) -> jax.Array:
     """Next token per row: argmax when temperature == 0, else a (top-k-filtered) sample.
@@ -35,9 +37,10 @@ def _select(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: ja
 
 
 class KVCache(NamedTuple):
-    """Per layer, the rotated keys and the values [B, cache_len, K, D] of every position so far."""
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
+    """The rotated keys and the values of every position so far: per layer [B, cache_len, K, D]
+    (a tuple), or one [layers, B, cache_len, K, D] array for a model with scanned layers."""
+    keys: tuple[jax.Array, ...] | jax.Array
+    values: tuple[jax.Array, ...] | jax.Array
 
 
 def prefill(model: nnx.Module, tokens: jax.Array, lengths: jax.Array, prefix_bidirectional: jax.Array,
@@ -52,15 +55,27 @@ def prefill(model: nnx.Module, tokens: jax.Array, lengths: jax.Array, prefix_bid
     hidden, keys, values = model.hidden_and_cache(tokens, segment_ids, None, causal_attention, True)
     logits = model.logits(hidden[jnp.arange(batch), soft + lengths - 1])
     pad = ((0, 0), (0, cache_len - soft - prompt_len), (0, 0), (0, 0))
+    if model.config.scan_layers:
+        pad = ((0, 0),) + pad
+        return logits, KVCache(jnp.pad(keys, pad), jnp.pad(values, pad))
     return logits, KVCache(tuple(jnp.pad(k, pad) for k in keys), tuple(jnp.pad(v, pad) for v in values))
 
 
 def extend(model: nnx.Module, token: jax.Array, slot: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
     """Feed one token per row, written at cache index `slot[b]` (= its RoPE position); it attends
     to every cached position up to its own. The logits predicting the next token, and the cache."""
-    cache_len = cache.keys[0].shape[1]
+    cache_len = cache.keys[0].shape[-3]
     key_mask = (jnp.arange(cache_len)[None, :] <= slot[:, None])[:, None, :]
     x = model.embed(token[:, None])
+    if model.config.scan_layers:
+        def layer(block, carry, index):
+            x, keys, values = carry
+            x, k, v = block.decode(x, slot[:, None], keys[index], values[index], slot, key_mask)
+            return ((x, keys.at[index].set(k), values.at[index].set(v)),)  # the carry; no stacked outputs
+
+        x, keys, values = scan_blocks(model.blocks, layer, (x, cache.keys, cache.values),
+                                      extra=(jnp.arange(model.config.num_layers),))[0]
+        return model.logits(x[:, 0]), KVCache(keys, values)
     keys, values = [], []
     for layer, block in enumerate(model.blocks):
         x, k, v = block.decode(x, slot[:, None], cache.keys[layer], cache.values[layer], slot, key_mask)

@@ -3,8 +3,14 @@ scoring steps call, so every caller builds, splits and runs the module the same 
 functional pattern)."""
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.numpy as jnp
 from flax import nnx
+
+from model.compute import REFERENCE, ComputeConfig
+from model.loss import chunked_cross_entropy_sums, cross_entropy_sums, loss_from_sums
 
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
@@ -22,16 +28,47 @@ def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]
     return nnx.split(model, nnx.Param, ...)
 
 
-def apply_model(graphdef: nnx.GraphDef, params: dict, rest: nnx.State, batch: dict[str, jax.Array],
-                *, deterministic: bool, dropout_key: jax.Array | None = None) -> jax.Array:
-    """Rebuild the module from pure params and run it on a prefix-LM batch (data.rows' keys); the logits."""
+def _merged(graphdef: nnx.GraphDef, params, rest: nnx.State, dropout_key: jax.Array | None) -> nnx.Module:
     model = nnx.merge(graphdef, params, rest)
     if dropout_key is not None:
-        nnx.reseed(model, dropout=dropout_key)
-    return model(
-        batch["decoder_input_tokens"],
-        segment_ids=batch.get("decoder_segment_ids"),
-        positions=batch.get("decoder_positions"),
-        causal_attention=batch.get("decoder_causal_attention"),
-        deterministic=deterministic,
-    )
+        # nnx.reseed gives the i-th dropout stream fold_in(key, i): layer i of an unscanned model.
+        # A scanned model has one stream with a stacked key per layer: give layer i the same key.
+        def per_layer(path, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+            if shape == ():
+                return key
+            layers = jnp.arange(math.prod(shape))
+            return jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(layers).reshape(shape)
+
+        nnx.reseed(model, dropout=dropout_key, policy=per_layer)
+    return model
+
+
+def _inputs(batch: dict[str, jax.Array]) -> dict:
+    return dict(segment_ids=batch.get("decoder_segment_ids"), positions=batch.get("decoder_positions"),
+                causal_attention=batch.get("decoder_causal_attention"))
+
+
+def apply_model(graphdef: nnx.GraphDef, params: dict, rest: nnx.State, batch: dict[str, jax.Array],
+                *, deterministic: bool, dropout_key: jax.Array | None = None,
+                compute: ComputeConfig = REFERENCE) -> jax.Array:
+    """Rebuild the module from pure params and run it on a prefix-LM batch (data.rows' keys); the logits."""
+    model = _merged(graphdef, params, rest, dropout_key)
+    return model(batch["decoder_input_tokens"], **_inputs(batch), deterministic=deterministic, compute=compute)
+
+
+def model_loss(graphdef: nnx.GraphDef, params: dict, rest: nnx.State, batch: dict[str, jax.Array], *,
+               z_loss: float, deterministic: bool, dropout_key: jax.Array | None = None,
+               compute: ComputeConfig = REFERENCE, normaliser: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, parts) of model.loss on a batch; with `compute.loss_chunk` the logits are made one
+    chunk of positions at a time. `normaliser`: the weight sum to divide by (microbatches)."""
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    if not compute.loss_chunk:
+        logits = apply_model(graphdef, params, rest, batch, deterministic=deterministic, dropout_key=dropout_key,
+                             compute=compute)
+        return loss_from_sums(cross_entropy_sums(logits, targets, weights), z_loss, normaliser)
+    model = _merged(graphdef, params, rest, dropout_key)
+    hidden = model.hidden_states(batch["decoder_input_tokens"], **_inputs(batch), deterministic=deterministic,
+                                 compute=compute)
+    sums = chunked_cross_entropy_sums(hidden, model.logits, targets, weights, compute.loss_chunk)
+    return loss_from_sums(sums, z_loss, normaliser)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.lora import LoRAConfig
+from model.sharding import constrain
 from model.variables import make_param
 
 
@@ -66,6 +67,7 @@ class Projection(nnx.Module):
         init_scale: float = 1.0,
     ):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.out_axes = tuple(out_axes)
         fan_in = math.prod(in_shape)
         self.kernel = make_param(
             truncated_normal(rngs, self.in_shape + self.out_shape, init_scale / math.sqrt(fan_in), param_dtype),
@@ -92,7 +94,8 @@ class Projection(nnx.Module):
         if self.lora_a is not None:
             low = jnp.tensordot(x, self.lora_a[...].astype(self.dtype), axes=n_in)
             y = y + self.lora_scaling * jnp.tensordot(low, self.lora_b[...].astype(self.dtype), axes=1)
-        return y
+        # Batch over data x fsdp, the output's model dims as the weights split them (under a mesh).
+        return constrain(y, ("batch",) + (None,) * (x.ndim - n_in - 1) + self.out_axes)
 
 
 class GatedGeluMLP(nnx.Module):

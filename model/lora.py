@@ -44,9 +44,12 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
     for _, module in nnx.iter_modules(merged):
         if getattr(module, "lora_a", None) is not None:  # a model.layers.Projection with LoRA
             kernel = module.kernel[...]
-            a = module.lora_a[...].astype(jnp.float32).reshape(-1, module.lora_a.shape[-1])
-            b = module.lora_b[...].astype(jnp.float32).reshape(module.lora_b.shape[0], -1)
-            delta = (module.lora_scaling * (a @ b)).reshape(kernel.shape)
+            # A scanned model's kernels carry a leading layer axis: merge layer by layer.
+            layers = kernel.shape[:kernel.ndim - len(module.in_shape) - len(module.out_shape)]
+            rank = module.lora_a.shape[-1]
+            a = module.lora_a[...].astype(jnp.float32).reshape(layers + (-1, rank))
+            b = module.lora_b[...].astype(jnp.float32).reshape(layers + (rank, -1))
+            delta = (module.lora_scaling * jnp.matmul(a, b)).reshape(kernel.shape)
             module.kernel[...] = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
             module.lora_a = nnx.data(None)
             module.lora_b = nnx.data(None)

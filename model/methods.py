@@ -4,7 +4,7 @@ gradients nor optimizer state; and the model built from pretrained params for a 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -55,13 +55,19 @@ class MethodSpec:
 FMT = MethodSpec("fmt")
 
 
+def model_factory(model_config: ModelConfig, spec: MethodSpec = FMT) -> Callable[[nnx.Rngs], Transformer]:
+    """rngs -> the model `spec` trains (LoRA params, a soft prompt, or neither): what the trainer
+    builds, abstractly for its shardings and inside jit for its state."""
+    return lambda rngs: Transformer(model_config, lora=spec.lora, prompt_length=spec.soft_prompt_length, rngs=rngs)
+
+
 def build_model(model_config: ModelConfig, base_params: dict, spec: MethodSpec = FMT, *, seed: int = 0) -> nnx.Module:
     """The model for `spec` with the pretrained `base_params` (pure dict of a plain model).
 
     LoRA A is drawn from `seed` and B is zero (the model starts exactly at the base model);
     the prompt is set to embeddings of vocabulary rows sampled with `seed` (prompt tuning's init).
     """
-    model = Transformer(model_config, lora=spec.lora, prompt_length=spec.soft_prompt_length, rngs=make_rngs(seed))
+    model = model_factory(model_config, spec)(make_rngs(seed))
     # Plain single-device arrays: params restored on a training mesh carry its axis names in their
     # sharding, and jitted functions would compile once more for every mix of placements.
     device = jax.local_devices()[0]

@@ -7,12 +7,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.attention import Attention, make_attention_mask
+from model.attention import Attention, AttentionMask
+from model.compute import REFERENCE, ComputeConfig
 from model.config import ModelConfig
 from model.layers import GatedGeluMLP, RMSNorm, truncated_normal
 from model.lora import LoRAConfig
 from model.prompt import sample_vocab_rows
+from model.sharding import constrain
 from model.variables import PromptParam, make_param
+
+RESIDUAL_AXES = ("batch", None, None)  # the residual stream [B, T, d_model]
+
+
+def _logits_axes(ndim: int) -> tuple[str | None, ...]:
+    return ("batch",) + (None,) * (ndim - 2) + ("vocab",)
 
 
 class Block(nnx.Module):
@@ -34,12 +42,13 @@ class Block(nnx.Module):
             branch = self.dropout(branch, deterministic=deterministic)
         return x + branch.astype(x.dtype)
 
-    def __call__(self, x, positions, mask, deterministic: bool = True):
+    def __call__(self, x, positions, mask: AttentionMask, deterministic: bool = True,
+                 compute: ComputeConfig = REFERENCE):
         """Returns the block output and this layer's (rotated) keys and values."""
-        attended, k, v = self.attention(self.pre_attention_norm(x), positions, mask)
+        attended, k, v = self.attention(self.pre_attention_norm(x), positions, mask, compute)
         x = self._residual(x, attended, deterministic)
         x = self._residual(x, self.mlp(self.pre_mlp_norm(x)), deterministic)
-        return x, k, v
+        return constrain(x, RESIDUAL_AXES), k, v
 
     def decode(self, x, positions, cache_k, cache_v, slot, key_mask):
         attended, cache_k, cache_v = self.attention.decode(
@@ -48,6 +57,36 @@ class Block(nnx.Module):
         x = x + attended.astype(x.dtype)
         x = x + self.mlp(self.pre_mlp_norm(x)).astype(x.dtype)
         return x, cache_k, cache_v
+
+
+def stack_layers(blocks: list[nnx.Module]) -> nnx.Module:
+    """One module of the blocks' structure whose every variable is the blocks' values stacked on
+    a new leading axis, named `layers` in its logical axes (what a scan over layers runs)."""
+    graphdef, _ = nnx.split(blocks[0])
+    stacked = jax.tree.map(lambda *values: jnp.stack(values), *[nnx.state(block) for block in blocks])
+    for _, variable in nnx.to_flat_state(stacked):
+        axes = variable.get_metadata().get("out_sharding")
+        if axes:
+            variable.set_metadata(out_sharding=("layers",) + tuple(axes))
+    return nnx.merge(graphdef, stacked)
+
+
+def scan_blocks(blocks: nnx.Module, layer, x: jax.Array, compute: ComputeConfig = REFERENCE,
+                extra: tuple = ()) -> tuple:
+    """Run `layer(block, x, *extra_i) -> (x, *outputs)` over the stacked `blocks` with lax.scan
+    (one layer compiled, under compute's remat policy): (final x, *outputs stacked [layers, ...]).
+    Pure functions of the split state, so it runs at any trace level
+    (inside a decoding loop over a model merged outside it, too)."""
+    graphdef, state = nnx.split(blocks)
+
+    def body(x, xs):
+        layer_state, per_layer = xs
+        x, *outputs = layer(nnx.merge(graphdef, layer_state), x, *per_layer)
+        return x, tuple(outputs)
+
+    # Inside a scan, CSE cannot merge a layer's recomputation with its forward pass.
+    x, outputs = jax.lax.scan(compute.checkpointed(body, prevent_cse=False), x, (state, extra))
+    return (x,) + outputs
 
 
 class Transformer(nnx.Module):
@@ -69,7 +108,9 @@ class Transformer(nnx.Module):
             jax.random.normal(rngs.params(), (config.vocab_size, config.d_model), jnp.float32).astype(pdt),
             ("vocab", "embed"),
         )
-        self.blocks = nnx.List([Block(config, rngs=rngs, lora=lora) for _ in range(config.num_layers)])
+        # Built layer by layer either way, so a seed gives the same weights with or without scan.
+        blocks = [Block(config, rngs=rngs, lora=lora) for _ in range(config.num_layers)]
+        self.blocks = stack_layers(blocks) if config.scan_layers else nnx.List(blocks)
         self.final_norm = RMSNorm(config.d_model, dtype=config.activation_dtype, param_dtype=pdt)
         self.output_kernel = nnx.data(None)
         if not config.tie_embeddings:
@@ -103,9 +144,10 @@ class Transformer(nnx.Module):
         if self.output_kernel is None:
             table = self.embedding[...].astype(x.dtype)
             out = jnp.einsum("...d,vd->...v", x, table, preferred_element_type=jnp.float32)
-            return out / math.sqrt(self.config.d_model)
+            return constrain(out / math.sqrt(self.config.d_model), _logits_axes(x.ndim))
         kernel = self.output_kernel[...].astype(x.dtype)
-        return jnp.einsum("...d,dv->...v", x, kernel, preferred_element_type=jnp.float32)
+        out = jnp.einsum("...d,dv->...v", x, kernel, preferred_element_type=jnp.float32)
+        return constrain(out, _logits_axes(x.ndim))
 
     def _check_tokens(self, input_tokens) -> jax.Array:
         input_tokens = jnp.asarray(input_tokens)
@@ -118,31 +160,70 @@ class Transformer(nnx.Module):
             )
         return input_tokens
 
-    def hidden_and_cache(self, input_tokens, segment_ids, positions, causal_attention, deterministic):
-        """Final hidden states over prompt + tokens, and each layer's keys / values."""
+    def hidden_and_cache(self, input_tokens, segment_ids, positions, causal_attention, deterministic,
+                         compute: ComputeConfig = REFERENCE):
+        """Final hidden states over prompt + tokens, and each layer's keys / values (a list of
+        [B, S, K, D], or one stacked [layers, B, S, K, D] array when the layers are scanned)."""
         batch, length = input_tokens.shape
         if segment_ids is None:
             segment_ids = jnp.ones((batch, length), jnp.int32)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        mask = make_attention_mask(segment_ids, causal_attention, self.prompt_length)
+        mask = AttentionMask(segment_ids, causal_attention, self.prompt_length,
+                             dense=compute.attention != "blockwise")
         x, positions = self.with_prompt(self.embed(input_tokens), jnp.asarray(positions, jnp.int32))
+        x = constrain(x, RESIDUAL_AXES)
+
+        def layer(block, x):
+            return block(x, positions, mask, deterministic, compute)
+
+        if self.config.scan_layers:
+            return scan_blocks(self.blocks, layer, x, compute)
         keys, values = [], []
         for block in self.blocks:
-            x, k, v = block(x, positions, mask, deterministic)
+            if compute.remat == "none":
+                x, k, v = layer(block, x)
+            else:  # remat a pure function of the block's state
+                graphdef, state = nnx.split(block)
+                x, k, v = compute.checkpointed(lambda s, x: layer(nnx.merge(graphdef, s), x))(state, x)
             keys.append(k)
             values.append(v)
         return x, keys, values
 
+    def hidden_states(self, input_tokens, *, segment_ids=None, positions=None, causal_attention=None,
+                      deterministic: bool = True, compute: ComputeConfig = REFERENCE) -> jax.Array:
+        """Last layer's states [B, T, d] of the tokens (soft-prompt positions dropped), before the
+        final norm: `logits` of them are the model's output, whole or in chunks."""
+        input_tokens = self._check_tokens(input_tokens)
+        x, _, _ = self.hidden_and_cache(input_tokens, segment_ids, positions, causal_attention, deterministic,
+                                        compute)
+        return x[:, self.prompt_length:]
+
     def __call__(
-        self, input_tokens, *, segment_ids=None, positions=None, causal_attention=None, deterministic: bool = True
+        self, input_tokens, *, segment_ids=None, positions=None, causal_attention=None, deterministic: bool = True,
+        compute: ComputeConfig = REFERENCE,
     ) -> jax.Array:
         """Logits float32 [B, T, vocab] for input_tokens [B, T] (soft-prompt positions dropped).
 
         segment_ids (packing; 0 = padding), positions (restart per segment) and causal_attention
         (1 = bidirectional prefix) follow the seqio / t5x batch format; None means one
-        unpadded segment, positions 0..T-1 and a fully causal mask.
+        unpadded segment, positions 0..T-1 and a fully causal mask. `compute` chooses how
+        (remat, attention implementation), never what.
         """
-        input_tokens = self._check_tokens(input_tokens)
-        x, _, _ = self.hidden_and_cache(input_tokens, segment_ids, positions, causal_attention, deterministic)
-        return self.logits(x[:, self.prompt_length:])
+        return self.logits(self.hidden_states(input_tokens, segment_ids=segment_ids, positions=positions,
+                                              causal_attention=causal_attention, deterministic=deterministic,
+                                              compute=compute))
+
+
+def unstack_layer_params(params: dict) -> dict:
+    """Pure params of a model with scanned layers -> those of the same model without scan
+    (`blocks` stacked on a leading axis -> `blocks.0`, `blocks.1`, ...)."""
+    stacked = params["blocks"]
+    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    return {**params, "blocks": {i: jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_layers)}}
+
+
+def stack_layer_params(params: dict) -> dict:
+    """The inverse of unstack_layer_params: per-layer `blocks` -> one stacked `blocks`."""
+    layers = [params["blocks"][i] for i in sorted(params["blocks"])]
+    return {**params, "blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}

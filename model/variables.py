@@ -7,7 +7,8 @@ import jax
 from flax import nnx
 
 # The logical axis names parameters may carry (mapped to mesh axes by the trainer's rules).
-LOGICAL_AXES = frozenset({"embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "prompt"})
+# `layers` is the leading axis of the stacked parameters of a model with scanned layers.
+LOGICAL_AXES = frozenset({"embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "prompt", "layers"})
 
 
 class PromptParam(nnx.Param):

@@ -1,7 +1,7 @@
 """Device mesh (data, fsdp, tensor) and logical-axis rules that place every parameter.
 
 Parameters carry logical axis names (`embed`, `vocab`, `heads`, `kv_heads`, `head_dim`,
-`mlp`, `prompt`) in their `out_sharding` metadata; rules (gin) map each name to mesh axes.
+`mlp`, `prompt`, `layers`) in their `out_sharding` metadata; rules (gin) map each name to mesh axes.
 A mesh axis is only used for a dimension it divides, so an MQA kv projection (one kv head)
 is never split over `tensor`: it falls back to fsdp on its `embed` dim, or replication.
 Regex rules over parameter paths override the logical rules (big_vision style).
@@ -16,11 +16,13 @@ from typing import Any, Iterable, Sequence
 import gin
 import jax
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+from model import sharding
+
+MESH_AXES = sharding.MESH_AXES
+BATCH_AXES = sharding.BATCH_AXES
 
 # logical name -> mesh axis / tuple of mesh axes / None (replicate)
 DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
@@ -31,6 +33,7 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("prompt", None),
+    ("layers", None),  # the stacked layer axis of scanned models (no pipeline stages)
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,13 @@ def make_mesh(
     return Mesh(array, MESH_AXES)
 
 
+@gin.configurable
+def slice_topology(topology: str | None = None) -> str | None:
+    """The slice a job is sized for (e.g. "v5p:4x4x4", bound in its gin file next to its mesh):
+    what `python -m train.compile` compiles the job for when given no --topology."""
+    return topology
+
+
 def batch_axis_size(mesh: Mesh) -> int:
     """Number of ways the batch is split (data x fsdp)."""
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
@@ -70,47 +80,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def _as_tuple(axes: Any) -> tuple[str, ...]:
-    if axes is None:
-        return ()
-    if isinstance(axes, str):
-        return (axes,)
-    return tuple(axes)
-
-
 def spec_for(
     shape: Sequence[int],
     logical_axes: Sequence[str | None] | None,
     mesh: Mesh,
     rules: Iterable[tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES,
 ) -> PartitionSpec:
-    """PartitionSpec for one array: each dim gets the mesh axes its logical name maps to,
-    keeping only axes of size > 1 that divide the dim and are not used by another dim."""
-    if not logical_axes:
-        return PartitionSpec()
-    if len(logical_axes) != len(shape):
-        raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
-    rule_map: dict[str, tuple[str, ...]] = {}
-    for name, axes in rules:
-        rule_map.setdefault(name, _as_tuple(axes))
-    used: set[str] = set()
-    spec: list[Any] = []
-    for dim, name in zip(shape, logical_axes):
-        chosen: list[str] = []
-        remaining = dim
-        for axis in rule_map.get(name, ()) if name is not None else ():
-            if axis not in mesh.shape:
-                raise ValueError(f"rule for {name!r} names mesh axis {axis!r}; mesh axes are {MESH_AXES}")
-            size = mesh.shape[axis]
-            if axis in used or size == 1 or remaining % size:
-                continue
-            chosen.append(axis)
-            used.add(axis)
-            remaining //= size
-        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
-    while spec and spec[-1] is None:
-        spec.pop()
-    return PartitionSpec(*spec)
+    """PartitionSpec for one parameter on `mesh` (model.sharding.spec_for with the parameter rules)."""
+    return sharding.spec_for(shape, logical_axes, mesh.shape, rules)
 
 
 def path_string(path: Sequence[Any]) -> str:
@@ -151,6 +128,13 @@ def param_partition_specs(
             spec = spec_for(shape, logical_axes_of(variable), mesh, logical_axis_rules)
         flat[path] = spec
     return _unflatten(flat)
+
+
+def variable_shardings(abstract_state: nnx.State, mesh: Mesh) -> nnx.State:
+    """NamedShardings shaped like an nnx State: parameters (frozen ones too) placed by the same
+    rules as param_partition_specs, everything else (RNG streams) replicated."""
+    flat = traverse_util.flatten_dict(param_partition_specs(abstract_state, mesh))
+    return nnx.map_state(lambda path, variable: variable.replace(NamedSharding(mesh, flat[path])), abstract_state)
 
 
 def _unflatten(flat: dict[tuple, Any]) -> dict:

@@ -22,7 +22,7 @@ import jax
 from checkpoints.atomic import write_text_atomic
 from model.config import ModelConfig
 from model.sizes import count_params
-from model.transformer import Transformer
+from model.methods import model_factory
 from train import data_source, optimizer, synthetic  # noqa: F401  (gin configurables the job files bind)
 from train.gin_setup import add_gin_flags, one_line, parse_gin
 from train.metrics import flops_per_token_from_config
@@ -71,7 +71,7 @@ def pretrain(
                          f"{source.vocab_size} ids; bind model.config.ModelConfig.vocab_size = {source.vocab_size}")
     counts = count_params(model)
     inputs = RunInputs(
-        model_factory=lambda rngs: Transformer(model, rngs=rngs),
+        model_factory=model_factory(model),
         model_config=model.to_dict(),
         flops_per_token=flops_per_token_from_config(model.to_dict(), counts["non_embedding"], config.seq_len),
         batches=source,

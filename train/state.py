@@ -1,5 +1,11 @@
 """Build the sharded train state: the model is created inside jit with out_shardings, so
-no parameter ever exists unsharded, and optimizer state shardings come from the compiler."""
+no parameter ever exists unsharded, and optimizer state shardings come from the compiler.
+
+A finetuning method's trainable filter (model.variables.trainable_filter) splits the model:
+the train state holds only the trainable params and their optimizer state; frozen params travel
+with the rest of the module state (RNG streams), sharded like params, and get neither gradients
+nor optimizer state. Pretraining is the "fmt" filter on a plain model (every parameter trains).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +16,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
-from model.functional import make_rngs, split_params
-from train.partitioning import param_partition_specs, replicated, to_named
+from model.functional import make_rngs
+from model.variables import trainable_filter
+from train.partitioning import param_partition_specs, to_named, variable_shardings
 
 ModelFactory = Callable[[nnx.Rngs], nnx.Module]
 
@@ -24,34 +31,44 @@ class ModelParts:
     rest_shardings: Any
     state_shardings: dict
     abstract_state: dict  # ShapeDtypeStructs with shardings, for restore
-    num_params: int
+    abstract_rest: Any    # the same for the non-trainable state (frozen params, RNG streams)
+    num_params: int       # trainable parameters
 
 
-def abstract_model(factory: ModelFactory, seed: int, prng_impl: str = "threefry2x32") -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """Shapes and metadata only (no allocation)."""
+def _split(model: nnx.Module, method: str) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    return nnx.split(model, trainable_filter(method), ...)
+
+
+def abstract_model(factory: ModelFactory, seed: int, prng_impl: str = "threefry2x32",
+                   method: str = "fmt") -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, trainable params, rest): shapes and metadata only (no allocation)."""
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: factory(make_rngs(seed, prng_impl)))
-    return split_params(model)
+    return _split(model, method)
+
+
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def plan(factory: ModelFactory, optimizer: optax.GradientTransformation, mesh: Mesh, seed: int,
-         prng_impl: str = "threefry2x32") -> ModelParts:
-    """Shardings for params (logical-axis rules), non-param state (replicated) and optimizer
-    state (propagated by XLA from the params), without allocating anything."""
-    graphdef, abs_params, abs_rest = abstract_model(factory, seed, prng_impl)
+         prng_impl: str = "threefry2x32", method: str = "fmt") -> ModelParts:
+    """Shardings for the trainable params (logical-axis rules), the rest (frozen params by the same
+    rules, RNG streams replicated) and optimizer state (placed like its params), without allocating."""
+    graphdef, abs_params, abs_rest = abstract_model(factory, seed, prng_impl, method)
     specs = param_partition_specs(abs_params, mesh)
     param_shardings = to_named(specs, mesh)
-    rest_shardings = jax.tree.map(lambda _: replicated(mesh), abs_rest)
-    abs_pure = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
-                            nnx.to_pure_dict(abs_params), param_shardings)
+    rest_shardings = variable_shardings(abs_rest, mesh)
+    abs_pure = _with_shardings(nnx.to_pure_dict(abs_params), param_shardings)
     abs_opt = jax.eval_shape(optimizer.init, abs_pure)
     opt_shardings = to_named(optimizer_state_specs(abs_opt, abs_pure, specs), mesh)
-    abs_opt = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_opt, opt_shardings)
+    abs_opt = _with_shardings(abs_opt, opt_shardings)
     num_params = sum(int(x.size) for x in jax.tree.leaves(abs_pure))
     return ModelParts(
         graphdef=graphdef, param_shardings=param_shardings, rest_shardings=rest_shardings,
         state_shardings={"params": param_shardings, "opt_state": opt_shardings},
-        abstract_state={"params": abs_pure, "opt_state": abs_opt}, num_params=num_params)
+        abstract_state={"params": abs_pure, "opt_state": abs_opt},
+        abstract_rest=_with_shardings(abs_rest, rest_shardings), num_params=num_params)
 
 
 def _param_lookup(abs_params: dict, specs: dict) -> dict[tuple, tuple[tuple[int, ...], PartitionSpec]]:
@@ -95,12 +112,12 @@ def optimizer_state_specs(abs_opt: Any, abs_params: dict, specs: dict) -> Any:
 
 
 def init_state(factory: ModelFactory, optimizer: optax.GradientTransformation, parts: ModelParts,
-               seed: int, prng_impl: str = "threefry2x32") -> tuple[dict, nnx.State]:
-    """Fresh params (initialised already sharded) and optimizer state."""
+               seed: int, prng_impl: str = "threefry2x32", method: str = "fmt") -> tuple[dict, nnx.State]:
+    """Fresh trainable params (initialised already sharded), their optimizer state, and the rest."""
 
     def create():
         with nnx.use_eager_sharding(False):
-            _, params, rest = split_params(factory(make_rngs(seed, prng_impl)))
+            _, params, rest = _split(factory(make_rngs(seed, prng_impl)), method)
         return nnx.to_pure_dict(params), rest
 
     params, rest = jax.jit(create, out_shardings=(parts.param_shardings, parts.rest_shardings))()
@@ -108,11 +125,12 @@ def init_state(factory: ModelFactory, optimizer: optax.GradientTransformation, p
     return {"params": params, "opt_state": opt_state}, rest
 
 
-def init_rest(factory: ModelFactory, parts: ModelParts, seed: int, prng_impl: str = "threefry2x32") -> nnx.State:
-    """Only the non-parameter module state (RNG streams), e.g. after restoring params."""
+def init_rest(factory: ModelFactory, parts: ModelParts, seed: int, prng_impl: str = "threefry2x32",
+              method: str = "fmt") -> nnx.State:
+    """Only the non-trainable module state (RNG streams, fresh frozen params), e.g. after restoring params."""
 
     def create():
         with nnx.use_eager_sharding(False):
-            return split_params(factory(make_rngs(seed, prng_impl)))[2]
+            return _split(factory(make_rngs(seed, prng_impl)), method)[2]
 
     return jax.jit(create, out_shardings=parts.rest_shardings)()

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from checkpoints.atomic import write_json_atomic
 from checkpoints.store import CheckpointStore
 from eval.scoring import likelihood_of_batches
+from model.compute import ComputeConfig
 from model.functional import PRNG_IMPLS
 from train import state as state_lib
 from train.metrics import MetricsWriter, measure_matmul_peak
@@ -60,6 +61,17 @@ class TrainConfig:
     log_every_steps: int = 10
     peak_flops: float | None = None           # None: measure a float32 matmul at start
     prng_impl: str = "threefry2x32"           # init / dropout keys; "rbg" compiles faster on CPU
+    # How the step computes, never what (model.compute; a resumed run may change them):
+    remat: str = "none"                       # per layer: none / full / save_matmuls
+    attention: str = "einsum"                 # einsum (reference) / blockwise / dot_product
+    attention_block: int = 512                # query rows per block (blockwise)
+    loss_chunk: int = 0                       # cross-entropy over chunks of this many positions (0: whole)
+    microbatches: int = 1                     # gradient accumulation: one update per global batch
+
+    @property
+    def compute(self) -> ComputeConfig:
+        return ComputeConfig(remat=self.remat, attention=self.attention, attention_block=self.attention_block,
+                             loss_chunk=self.loss_chunk)
 
     @property
     def tokens_per_step(self) -> int:
@@ -98,12 +110,18 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
         if self.prng_impl not in PRNG_IMPLS:
             raise ValueError(f"TrainConfig.prng_impl={self.prng_impl!r}; valid: {', '.join(PRNG_IMPLS)}")
+        try:
+            self.compute
+        except ValueError as error:
+            raise ValueError(f"TrainConfig.{error}") from None
+        if isinstance(self.microbatches, bool) or not isinstance(self.microbatches, int) or self.microbatches < 1:
+            raise ValueError(f"TrainConfig.microbatches must be a positive int, got {self.microbatches!r}")
         ways = batch_axis_size(mesh)
-        if self.batch_size % ways:
+        if self.batch_size % (ways * self.microbatches):
             raise ValueError(
                 f"TrainConfig.batch_size={self.batch_size} is not divisible by the data axes "
-                f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} = {ways}); "
-                f"use a multiple of {ways}")
+                f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} = {ways}) x "
+                f"TrainConfig.microbatches={self.microbatches}; use a multiple of {ways * self.microbatches}")
         if self.batch_size % jax.process_count():
             raise ValueError(f"batch_size={self.batch_size} not divisible by {jax.process_count()} processes")
         if self.token_budget is not None and self.token_budget < self.tokens_per_step:
@@ -121,6 +139,30 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every_tokens must be >= 1, got {self.checkpoint_every_tokens}")
         if max_len is not None and self.seq_len > max_len:
             raise ValueError(f"TrainConfig.seq_len={self.seq_len} exceeds the model's max_len={max_len}")
+
+
+@dataclasses.dataclass
+class TrainProgram:
+    """The jitted train step of a run and what it was built from (train() runs it, train.compile
+    compiles it for a target topology)."""
+    schedule: Any
+    optimizer: Any
+    parts: state_lib.ModelParts
+    step_fn: Callable
+
+
+def build_train_step(config: TrainConfig, model_factory: Callable, mesh: Mesh, *, dropout: bool,
+                     method: str = "fmt") -> TrainProgram:
+    """Schedule, optimizer (gin), shardings and the jitted step for `config` on `mesh`; only the
+    params `method`'s filter selects train (pretraining: "fmt" on a plain model)."""
+    schedule = learning_rate_schedule(config.total_steps())
+    optimizer = make_optimizer(schedule)
+    parts = state_lib.plan(model_factory, optimizer, mesh, config.seed, config.prng_impl, method)
+    step = make_train_step(parts.graphdef, optimizer, schedule=schedule, z_loss=config.z_loss, dropout=dropout,
+                           seed=config.seed, prng_impl=config.prng_impl, compute=config.compute,
+                           microbatches=config.microbatches, mesh=mesh)
+    return TrainProgram(schedule, optimizer, parts, jit_train_step(step, parts.state_shardings,
+                                                                   parts.rest_shardings, mesh))
 
 
 @dataclasses.dataclass
@@ -204,9 +246,9 @@ def train(config: TrainConfig, inputs: RunInputs, mesh: Mesh, workdir: str | Pat
     config.validate(mesh, max_len=inputs.model_config.get("max_len"))
     total_steps = config.total_steps()
     workdir.mkdir(parents=True, exist_ok=True)
-    schedule = learning_rate_schedule(total_steps)
-    optimizer = make_optimizer(schedule)
-    parts = state_lib.plan(inputs.model_factory, optimizer, mesh, config.seed, config.prng_impl)
+    dropout = float(inputs.model_config.get("dropout_rate", 0.0) or 0.0) > 0
+    program = build_train_step(config, inputs.model_factory, mesh, dropout=dropout)
+    parts, optimizer = program.parts, program.optimizer
     log.info("planned shardings for %s params", f"{parts.num_params:,}")
     store = CheckpointStore(workdir, keep_latest=config.keep_latest)
     try:
@@ -220,12 +262,9 @@ def train(config: TrainConfig, inputs: RunInputs, mesh: Mesh, workdir: str | Pat
         return json.loads((workdir / "summary.json").read_text(encoding="utf-8"))
     if on_start is not None:
         on_start()
-    dropout = float(inputs.model_config.get("dropout_rate", 0.0) or 0.0) > 0
     loop = _Loop(
         config=config, inputs=inputs, mesh=mesh, store=store, total_steps=total_steps,
-        step_fn=jit_train_step(make_train_step(parts.graphdef, optimizer, schedule=schedule, z_loss=config.z_loss,
-                                               dropout=dropout, seed=config.seed, prng_impl=config.prng_impl),
-                               parts.state_shardings, parts.rest_shardings, mesh),
+        step_fn=program.step_fn,
         eval_fn=jit_eval_step(parts.graphdef, parts.param_shardings, parts.rest_shardings, mesh),
         peak=config.peak_flops or measure_matmul_peak(devices=list(mesh.devices.flat)),
         writer=MetricsWriter(workdir, resume_step=start_step if last_good else None),

@@ -47,6 +47,18 @@ def test_cached_greedy_equals_repeated_full_forward(small_model, num_kv_heads, p
     assert len(np.unique(expected)) > 3, "degenerate model: the comparison would prove little"
 
 
+@pytest.mark.parametrize("prefix_bidirectional", [False, True])
+def test_scanned_layers_decode_like_the_layer_list(small_model, prefix_bidirectional):
+    """A model with scanned layers (stacked cache) generates what its unscanned twin generates."""
+    kwargs = dict(num_kv_heads=2, prompt_length=3, tie_embeddings=False)
+    scanned = small_model(scan_layers=True, **kwargs)
+    got = generate(scanned, PROMPTS, LENGTHS, max_new_tokens=NEW, eos_id=-1, prefix_bidirectional=prefix_bidirectional)
+    expected = generate(small_model(**kwargs), PROMPTS, LENGTHS, max_new_tokens=NEW, eos_id=-1,
+                        prefix_bidirectional=prefix_bidirectional)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, reference_greedy(scanned, PROMPTS, LENGTHS, NEW, prefix_bidirectional))
+
+
 def test_eos_stops_each_row_and_pads_with_zero(small_model):
     model = small_model(tie_embeddings=False)
     free = generate(model, PROMPTS, LENGTHS, max_new_tokens=NEW, eos_id=-1)

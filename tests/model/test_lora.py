@@ -11,9 +11,9 @@ from model.sizes import get_config
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(3, 64, (2, 9)), jnp.int32)
 
 
-def lora_and_base(small_model, **lora_kwargs):
-    lora_model = small_model(lora=LoRAConfig(**lora_kwargs))
-    base = small_model(seed=1)
+def lora_and_base(small_model, scan_layers=False, **lora_kwargs):
+    lora_model = small_model(lora=LoRAConfig(**lora_kwargs), scan_layers=scan_layers)
+    base = small_model(seed=1, scan_layers=scan_layers)
     nnx.update(lora_model, nnx.state(base, nnx.Param))  # the LoRA model now wraps base's weights
     return lora_model, base
 
@@ -24,8 +24,9 @@ def test_lora_at_init_equals_base_exactly(small_model, forward):
     np.testing.assert_array_equal(forward(lora_model, TOKENS), forward(base, TOKENS))
 
 
-def test_merge_equals_unmerged_and_is_a_plain_model(small_model, forward):
-    lora_model, base = lora_and_base(small_model, rank=3, alpha=6.0)
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_merge_equals_unmerged_and_is_a_plain_model(small_model, forward, scan_layers):
+    lora_model, base = lora_and_base(small_model, scan_layers, rank=3, alpha=6.0)
     rng = np.random.default_rng(1)
     for path, variable in nnx.to_flat_state(nnx.state(lora_model, LORA_PARAMS)):
         if path[-1] == "lora_b":

@@ -18,7 +18,7 @@ class TinyLM(nnx.Module):
                               eager_sharding=False)
 
     def __call__(self, input_tokens, *, segment_ids=None, positions=None, causal_attention=None,
-                 deterministic=True):
+                 deterministic=True, compute=None):
         if positions is None:
             positions = jnp.arange(input_tokens.shape[1])[None]
         x = self.embedding[...][input_tokens] + self.position[...][positions]
