@@ -1,7 +1,8 @@
 """Orbax training checkpoints: intermediate ones at token counts (kept forever: the
 pretraining-data axis of the study) and a rolling latest for resume. Each holds three items:
 `params`, `opt_state` (so a model loads without knowing the optimizer) and `meta` (step,
-tokens seen, model config, data position, RNG). Saves are atomic (orbax writes a tmp dir and
+tokens seen, model config, data position, RNG), and a fourth, `data_position`, when the batch
+source can save where it is (checkpoints.data_position). Saves are atomic (orbax writes a tmp dir and
 renames it) and leave checksums of every file (checkpoints.checksums), checked before each
 restore; a partial or corrupt directory is skipped with a warning naming it, and set aside
 (renamed, never deleted) when a run resumes.
@@ -18,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from checkpoints.checksums import CorruptCheckpointError, verify_checksums, write_checksums
+from checkpoints.data_position import ITEM as DATA_POSITION, DataPositionSave, process_dir
 
 INTERMEDIATE_DIR = "checkpoints"
 LATEST_DIR = "latest"
@@ -57,12 +59,16 @@ class CheckpointStore:
                 self.dirs["latest"], options=ocp.CheckpointManagerOptions(max_to_keep=keep_latest, **common)),
         }
 
-    def save(self, step: int, state: dict, meta: dict, *, kind: str) -> None:
-        """Write `state` ({"params", "opt_state"}: pytrees of arrays) and `meta` (JSON) as checkpoint `step`."""
+    def save(self, step: int, state: dict, meta: dict, *, kind: str,
+             data_position: Callable[[Path], None] | None = None) -> None:
+        """Write `state` ({"params", "opt_state"}: pytrees of arrays) and `meta` (JSON) as checkpoint
+        `step`; `data_position(directory)`, if given, writes this process's batch position there."""
         meta = dict(meta, step=int(step), kind=kind)
-        self.managers[kind].save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state["params"]), opt_state=ocp.args.StandardSave(state["opt_state"]),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        items = dict(params=ocp.args.StandardSave(state["params"]),
+                     opt_state=ocp.args.StandardSave(state["opt_state"]), meta=ocp.args.JsonSave(meta))
+        if data_position is not None:
+            items[DATA_POSITION] = DataPositionSave(data_position)
+        self.managers[kind].save(step, args=ocp.args.Composite(**items), force=True)
         self.managers[kind].wait_until_finished()
         if jax.process_index() == 0:
             write_checksums(self.step_dir(kind, step))
@@ -73,6 +79,12 @@ class CheckpointStore:
 
     def step_dir(self, kind: str, step: int) -> Path:
         return self.dirs[kind] / str(step)
+
+    def data_position_dir(self, directory: Path) -> Path | None:
+        """This process's saved batch position in the checkpoint at `directory` (None if it has none:
+        a source without one, or older code)."""
+        position = process_dir(Path(directory) / DATA_POSITION)
+        return position if position.is_dir() else None
 
     def read_meta(self, kind: str, step: int) -> dict:
         """The JSON record of one checkpoint (no arrays are read)."""

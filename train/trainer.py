@@ -34,9 +34,11 @@ Batch = dict[str, np.ndarray]
 
 class BatchSource(Protocol):
     """Deterministic, resumable batches: `source(start_position)` yields this process's rows
-    of every global batch from batch number `start_position` on."""
+    of every global batch from batch number `start_position` on. An iterator with a
+    `save(directory)` method has its position saved with every checkpoint, and the resumed run
+    gets it back as `source(start_position, state=directory)` (no replay)."""
 
-    def __call__(self, start_position: int) -> Iterator[Batch]: ...
+    def __call__(self, start_position: int, state: Path | None = None) -> Iterator[Batch]: ...
 
 
 class TrainingDivergedError(RuntimeError):
@@ -302,6 +304,7 @@ class _Loop:
         self.dev_batches = list(inputs.dev_batches)
         self.clock = _Clock(config, inputs.flops_per_token, peak, start_step, total_steps)
         self.bar = None
+        self.batches: Iterator[Batch] | None = None
 
     def meta_for(self, step: int, dev_loss: float | None) -> dict:
         seed = self.config.seed
@@ -342,7 +345,8 @@ class _Loop:
         for kind, wanted in (("intermediate", is_intermediate), ("latest", is_latest)):
             if wanted:
                 save_start = time.perf_counter()
-                self.store.save(step, train_state, self.meta_for(step, self.dev_loss if is_eval else None), kind=kind)
+                self.store.save(step, train_state, self.meta_for(step, self.dev_loss if is_eval else None), kind=kind,
+                                data_position=getattr(self.batches, "save", None))
                 self.resumed_from = None
                 self.writer.write(step, {f"checkpoint_save_s_{kind}": time.perf_counter() - save_start})
         self.clock.pause()  # evaluation and saving stay out of tokens/s
@@ -351,11 +355,22 @@ class _Loop:
         return (step in self.checkpoint_steps or step % self.config.latest_every_steps == 0
                 or step % self.config.eval_every_steps == 0)
 
+    def _open_batches(self) -> Iterator[Batch]:
+        """The batches from the start step on: continued from the data position saved with the
+        checkpoint resumed from (O(1)) when it has one, else the source replays to the step."""
+        position = self.store.data_position_dir(self.resumed_from) if self.resumed_from else None
+        if position is not None:
+            log.info("continuing the data from the position saved at step %d (%s)", self.start_step, position)
+            return self.inputs.batches(self.start_step, state=position)
+        if self.start_step:
+            log.info("no saved data position: the batch source skips to step %d", self.start_step)
+        return self.inputs.batches(self.start_step)
+
     def run(self, train_state: dict, rest: Any, *, progress: bool) -> None:
         config = self.config
         self.bar = tqdm(total=self.total_steps * config.tokens_per_step, initial=self.start_step * config.tokens_per_step,
                         unit="tok", unit_scale=True, disable=not progress, desc="pretrain", dynamic_ncols=True)
-        batches = self.inputs.batches(self.start_step)
+        batches = self.batches = self._open_batches()
         pending: tuple[int, Any] | None = None  # (step, device metrics), read one step late
         try:
             for step in range(self.start_step + 1, self.total_steps + 1):
