@@ -33,7 +33,7 @@ from eval.scoring import likelihood_of_batches
 from finetune.costs import tree_bytes
 from finetune.stopping import DevSelection, StoppingRule
 from model.methods import MethodSpec, model_factory, split_trainable
-from model.sharding import shard_rows
+from model.sharding import data_ways, shard_rows
 from train.loop import run_steps
 from train.optimizer import with_schedule
 from train.step import jit_eval_step
@@ -48,6 +48,7 @@ class FinetuneProgram:
     """The jitted train and dev-loss steps of one model structure, method, optimizer and mesh."""
 
     train: TrainProgram
+    init_opt: Callable  # params -> optimizer state, placed by the plan
     eval_fn: Callable  # (params, rest, sharded batch) -> sums
 
 
@@ -74,8 +75,9 @@ def finetune_program(model_config: Any, spec: MethodSpec, mesh: Mesh, train_conf
         program = build_train_step(train_config, model_factory(model_config, spec), mesh, dropout=dropout,
                                    method=spec.method, schedule_in_state=True, parameter_scale=parameter_scale)
         parts = program.parts
-        _PROGRAMS[key] = FinetuneProgram(program, jit_eval_step(parts.graphdef, parts.param_shardings,
-                                                                parts.rest_shardings, mesh))
+        _PROGRAMS[key] = FinetuneProgram(
+            program, jax.jit(program.optimizer.init, out_shardings=parts.state_shardings["opt_state"]),
+            jit_eval_step(parts.graphdef, parts.param_shardings, parts.rest_shardings, mesh))
     return _PROGRAMS[key]
 
 
@@ -188,8 +190,9 @@ class _FinetuneHooks:
         if self.log_fn is not None:
             self.log_fn(record)
         if self.checkpoints is not None:
+            best = self.best["params"] if self.best["params"] is not None else params
             self.checkpoints.maybe_save(step, {"params": params, "opt_state": train_state["opt_state"],
-                                               "best_params": self.best["params"]}, self.run)
+                                               "best_params": best}, self.run)
         return self.run.stop_reason is not None
 
 
@@ -288,20 +291,24 @@ def finetune(
                          "were given")
     total_steps = rule.max_steps
     rows, seq_len = np.shape(train_batches[0]["decoder_target_tokens"])
+    ways = data_ways(mesh)
+    if rows % ways:
+        raise ValueError(f"FinetuneConfig.batch_size={rows} is not divisible by the mesh's data axes (data "
+                         f"{mesh.shape['data']} x fsdp {mesh.shape['fsdp']} = {ways}); use a multiple of {ways}, "
+                         "or bind make_mesh with fewer data ways")
     train_config = TrainConfig(batch_size=int(rows), seq_len=int(seq_len), num_steps=total_steps, seed=seed,
                                checkpoint_tokens=(), checkpoint_every_tokens=None)
     train_config.validate(mesh, max_len=model.config.max_len - model.prompt_length)
     program = finetune_program(model.config, spec, mesh, train_config, parameter_scale=parameter_scale)
-    parts, optimizer = program.train.parts, program.train.optimizer
+    parts = program.train.parts
     graphdef, params, rest = split_trainable(model, spec.method)
     params = _placed_copy(params, parts.param_shardings)
     rest = _placed_copy(rest, parts.rest_shardings)
-    opt_state = jax.jit(optimizer.init, out_shardings=parts.state_shardings["opt_state"])(params)
-    opt_state = with_schedule(opt_state, peak_learning_rate=peak_learning_rate,
+    opt_state = with_schedule(program.init_opt(params), peak_learning_rate=peak_learning_rate,
                               final_learning_rate=peak_learning_rate * final_learning_fraction, decay_steps=total_steps)
     train_state = {"params": params, "opt_state": opt_state}
     run = _RunState(DevSelection(), [])
-    best = {"params": params}
+    best = {"params": None}  # set at the first evaluation (the fresh params are donated to the first step)
     start_step = 0
     checkpoints = (_Checkpoints(checkpoint_dir, dict(identity or {}), checkpoint_every_seconds)
                    if checkpoint_dir is not None else None)
@@ -336,8 +343,9 @@ def finetune(
             checkpoints.close()
     seconds = time.perf_counter() - started
     selection = run.selection
+    best_params = best["params"] if best["params"] is not None else train_state["params"]  # no finite dev PPL
     return LoopResult(
-        model=nnx.merge(graphdef, best["params"], rest), best_step=selection.best_step,
+        model=nnx.merge(graphdef, best_params, rest), best_step=selection.best_step,
         best_dev_ppl=selection.best_dev_ppl, history=selection.history, train_losses=run.train_losses,
         steps_run=steps_run, total_steps=total_steps, stopped_early=steps_run < total_steps,
         stop_reason=str(run.stop_reason), trainable_params=parts.num_params,

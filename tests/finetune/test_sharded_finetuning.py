@@ -87,3 +87,12 @@ def test_lora_state_holds_no_base_weight_nor_its_optimizer_state(data):
         return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
     assert nbytes(lora) < 0.05 * nbytes(parts["fmt"].abstract_state)
+
+
+def test_a_batch_the_data_axes_do_not_divide_is_refused(data):
+    spec = METHODS["lora"][0]
+    model = build_model(data["config"], data["params"], spec, seed=0)
+    with pytest.raises(ValueError, match=r"FinetuneConfig.batch_size=4 is not divisible by the mesh's data axes "
+                                         r"\(data 8 x fsdp 1 = 8\); use a multiple of 8"):
+        training.finetune(model, spec, data["train"], data["dev"], mesh=_mesh((8, 1, 1)), peak_learning_rate=1e-2,
+                          eval_every_steps=2, progress=False)
