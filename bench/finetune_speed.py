@@ -4,7 +4,8 @@ FMT vs LoRA vs prompt tuning on one model size (random weights and tokens: cost,
   python bench/finetune_speed.py [--size=m] [--steps=10] [--batch_size=8] [--seq_len=128]
       [--lora_rank=8] [--prompt_length=50] [--json]
 
-Steps run the exact jitted step of finetune.loop (Adafactor on the trainable subset only).
+Steps run the exact jitted step of finetune.training (train.step on a one-device mesh, Adafactor on
+the trainable subset only).
 """
 from __future__ import annotations
 
@@ -33,40 +34,49 @@ def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) 
 
 def measure(size: str, method: str, *, steps: int, batch_size: int, seq_len: int, lora_rank: int,
             prompt_length: int) -> dict:
+    import numpy as np
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from finetune.config import DEFAULT_LEARNING_RATES, DEFAULT_PARAMETER_SCALE
-    from finetune.loop import compiled_steps, model_inputs
     from finetune.costs import tree_bytes, tree_size
+    from finetune.training import TrainConfig, finetune_program, model_inputs
     from model.methods import MethodSpec, base_params_of, build_model, split_trainable
+    from model.sharding import shard_rows
     from model.sizes import get_config
     from model.transformer import Transformer
+    from train.optimizer import with_schedule
+    from train.partitioning import make_mesh
 
     config = get_config(size)
     spec = MethodSpec(method, lora_rank=lora_rank if method == "lora" else 0,
                       prompt_length=prompt_length if method == "prompt" else 0)
     base = base_params_of(Transformer(config, rngs=nnx.Rngs(0)))
     model = build_model(config, base, spec, seed=0)
-    compiled = compiled_steps(model, spec, parameter_scale=DEFAULT_PARAMETER_SCALE[method])
-    _, params, rest = split_trainable(model, method)
+    mesh = make_mesh(devices=jax.local_devices()[:1])
     device = jax.local_devices()[0]
-    params = jax.device_put(params, device)
-    rest = jax.tree.map(lambda x: jax.device_put(x, device), rest)
-    opt_state = jax.device_put(compiled.init_opt(params), device)
-    batch = model_inputs(random_batch(batch_size, seq_len, config.vocab_size))
-    lr, key = jnp.float32(DEFAULT_LEARNING_RATES[method]), jax.random.key(0)
+    program = finetune_program(config, spec, mesh, TrainConfig(batch_size=batch_size, seq_len=seq_len, num_steps=1),
+                               parameter_scale=DEFAULT_PARAMETER_SCALE[method])
+    parts = program.train.parts
+    _, params, rest = split_trainable(model, method)
+    params = jax.device_put(params, parts.param_shardings)
+    rest = jax.device_put(rest, parts.rest_shardings)
+    lr = DEFAULT_LEARNING_RATES[method]
+    opt_state = with_schedule(jax.jit(program.train.optimizer.init, out_shardings=parts.state_shardings["opt_state"])(
+        params), peak_learning_rate=lr, final_learning_rate=lr / 10, decay_steps=steps + 1)
+    state = {"params": params, "opt_state": opt_state}
+    batch = shard_rows(model_inputs(random_batch(batch_size, seq_len, config.vocab_size)), mesh)
     started = time.perf_counter()
-    params, opt_state, metrics = compiled.train_step(params, opt_state, rest, batch, lr, key)
+    state, metrics = program.train.step_fn(state, rest, batch, np.int32(0))
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - started
     times = []
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         started = time.perf_counter()
-        params, opt_state, metrics = compiled.train_step(params, opt_state, rest, batch, lr, key)
-        jax.block_until_ready((params, metrics))
+        state, metrics = program.train.step_fn(state, rest, batch, np.int32(step))
+        jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - started)
+    params, opt_state = state["params"], state["opt_state"]
     total = tree_size(base)
     return {"size": size, "method": method, "pet_size": spec.pet_size, "trainable_params": tree_size(params),
             "base_params": total, "trainable_fraction": tree_size(params) / total,

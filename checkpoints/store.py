@@ -1,8 +1,9 @@
 """Orbax training checkpoints: intermediate ones at token counts (kept forever: the
-pretraining-data axis of the study) and a rolling latest for resume. Each holds three items:
-`params`, `opt_state` (so a model loads without knowing the optimizer) and `meta` (step,
-tokens seen, model config, data position, RNG), and a fourth, `data_position`, when the batch
-source can save where it is (checkpoints.data_position). Saves are atomic (orbax writes a tmp dir and
+pretraining-data axis of the study) and a rolling latest for resume. Each holds the items
+`params`, `opt_state` (separate, so a model loads without knowing the optimizer), any others the
+run needs to resume (a finetuning run's `best_params`), `meta` (step, tokens seen, model config,
+data position, RNG) and, when the batch source can save where it is, `data_position`
+(checkpoints.data_position). Saves are atomic (orbax writes a tmp dir and
 renames it) and leave checksums of every file (checkpoints.checksums), checked before each
 restore; a partial or corrupt directory is skipped with a warning naming it, and set aside
 (renamed, never deleted) when a run resumes.
@@ -61,14 +62,18 @@ class CheckpointStore:
 
     def save(self, step: int, state: dict, meta: dict, *, kind: str,
              data_position: Callable[[Path], None] | None = None) -> None:
-        """Write `state` ({"params", "opt_state"}: pytrees of arrays) and `meta` (JSON) as checkpoint
-        `step`; `data_position(directory)`, if given, writes this process's batch position there."""
+        """Write `state` (named pytrees of arrays: {"params", "opt_state"}, and whatever else a run
+        must resume, e.g. a finetuning run's best params) and `meta` (JSON) as checkpoint `step`;
+        `data_position(directory)`, if given, writes this process's batch position there."""
+        reserved = {"meta", DATA_POSITION} & set(state)
+        if reserved:
+            raise ValueError(f"a checkpoint's state may not have an item named {sorted(reserved)} "
+                             "(the JSON record and the data position)")
         meta = dict(meta, step=int(step), kind=kind)
-        items = dict(params=ocp.args.StandardSave(state["params"]),
-                     opt_state=ocp.args.StandardSave(state["opt_state"]), meta=ocp.args.JsonSave(meta))
+        items = {name: ocp.args.StandardSave(tree) for name, tree in state.items()}
         if data_position is not None:
             items[DATA_POSITION] = DataPositionSave(data_position)
-        self.managers[kind].save(step, args=ocp.args.Composite(**items), force=True)
+        self.managers[kind].save(step, args=ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta)), force=True)
         self.managers[kind].wait_until_finished()
         if jax.process_index() == 0:
             write_checksums(self.step_dir(kind, step))
@@ -108,11 +113,12 @@ class CheckpointStore:
                                          f"{type(error).__name__}: {str(error)[:300]}") from error
 
     def restore(self, kind: str, step: int, abstract_state: dict) -> tuple[dict, dict]:
-        """({"params", "opt_state"}, meta) of one checkpoint, placed as `abstract_state`'s shardings say."""
+        """(state, meta) of one checkpoint: every item `abstract_state` names ({"params",
+        "opt_state"}, ...), placed as its shardings say."""
         restored = self._restore_verified(kind, step, dict(
-            params=ocp.args.StandardRestore(abstract_state["params"]),
-            opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]), meta=ocp.args.JsonRestore()))
-        return {"params": restored["params"], "opt_state": restored["opt_state"]}, dict(restored["meta"])
+            **{name: ocp.args.StandardRestore(tree) for name, tree in abstract_state.items()},
+            meta=ocp.args.JsonRestore()))
+        return {name: restored[name] for name in abstract_state}, dict(restored["meta"])
 
     def restore_params(self, kind: str, step: int, abstract_params: Any) -> tuple[Any, dict]:
         """(params, meta) of one checkpoint; the optimizer state is not read (its checksums are checked)."""

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import seqio
 from flax import nnx
+from jax.sharding import Mesh
 
 from data import rows
 from data import tasks as data_tasks
@@ -160,11 +161,12 @@ def likelihood_batches(task: str, split: str, *, batch_size: int, seq_len: int) 
 
 
 def greedy_decode(model: nnx.Module, prompts: Sequence[np.ndarray], *, batch_size: int, max_new_tokens: int,
-                  prompt_width: int | None = None) -> list[list[int]]:
+                  prompt_width: int | None = None, mesh: Mesh | None = None) -> list[list[int]]:
     """Greedy continuations (up to, not including, EOS) of `prompts` (inputs ending in EOS).
 
     Each row reads [0] + prompt, bidirectionally, as prefix-LM training does. Rows are padded to
     prompt_width + 1 and the last batch with dummy rows, so one compiled program serves a task.
+    With `mesh` (the model placed on it) rows are split over its data axes (model.decode.generate).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -178,7 +180,7 @@ def greedy_decode(model: nnx.Module, prompts: Sequence[np.ndarray], *, batch_siz
             tokens[row, 1:1 + len(prompt)] = prompt
             lengths[row] = 1 + len(prompt)
         generated = generate(model, tokens, lengths, max_new_tokens=max_new_tokens, eos_id=EOS_ID,
-                             prefix_bidirectional=True)
+                             prefix_bidirectional=True, mesh=mesh)
         for row in range(len(chunk)):
             ids = generated[row].tolist()
             outputs.append(ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids)
@@ -201,12 +203,14 @@ def evaluate_task(
     stratum: str | None = None,
     learned_metrics: Sequence[str] | None = None,
     keep_outputs: bool = False,
+    mesh: Mesh | None = None,
 ) -> dict[str, Any]:
     """Test PPL / log-PPL / mean token log-likelihood (target tokens) and, with decode, BLEU + chrF
     (mt_*) or ROUGE-L (summarize_*) of greedy outputs, their signatures and the example count.
 
     learned_metrics: e.g. ("comet",) (default for mt_*); skipped with a one-line notice when not
-    installed. keep_outputs adds "hypotheses" and "references".
+    installed. keep_outputs adds "hypotheses" and "references". `mesh`: the mesh the model's
+    params are placed on (a finetuning run's); scoring and decoding split their rows over its data axes.
     """
     if split not in data_tasks.FINETUNE_SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {data_tasks.FINETUNE_SPLITS}")
@@ -219,7 +223,8 @@ def evaluate_task(
     count = len(data_tasks.raw_examples(name, split))
     if count == 0:
         raise ValueError(f"task {task!r} split {split!r} (stratum {stratum!r}) has no examples")
-    likelihood = score_batches(model, likelihood_batches(name, split, batch_size=batch_size, seq_len=seq_len))
+    likelihood = score_batches(model, likelihood_batches(name, split, batch_size=batch_size, seq_len=seq_len),
+                               mesh=mesh)
     result: dict[str, Any] = {
         "ppl": likelihood.ppl, "log_ppl": likelihood.log_ppl,
         "mean_log_likelihood": likelihood.mean_log_likelihood, "target_tokens": int(likelihood.total_weight),
@@ -230,7 +235,7 @@ def evaluate_task(
     prompts, raw = task_prompts(name, split, seq_len=seq_len)
     width = finetune_lengths(seq_len, INPUT_FRACTION)["inputs"]
     outputs = greedy_decode(model, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                            prompt_width=width)
+                            prompt_width=width, mesh=mesh)
     vocabulary = task_vocabulary(name)
     hypotheses = [vocabulary.decode(ids) for ids in outputs]
     references = [e["reference"] for e in raw]

@@ -1,7 +1,7 @@
 """Token log-likelihood of a model on prefix-LM batches: target tokens only (loss weights).
 
 `batch_sums` is the one dev-loss step of the project (the trainer jits it with its mesh's
-shardings, finetuning and evaluation on one device) and `likelihood_of_batches` the one loop
+shardings; evaluation runs it on the params' own placement, rows split over a mesh's data axes) and `likelihood_of_batches` the one loop
 over a dev or test set: per-batch sums on the device, accumulated in float64 on the host with
 the next batch already dispatched. One jitted program per (model graph, batch shape), shared by
 every model of the same structure, so scoring dev sets repeatedly compiles once.
@@ -14,11 +14,13 @@ from typing import Callable, Iterable, Mapping
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from eval.metrics import TokenLikelihood
 from data.rows import BATCH_KEYS
 from model.functional import apply_model, split_params
 from model.loss import target_log_probs, weighted_cross_entropy
+from model.sharding import shard_rows
 
 REQUIRED_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 BatchSums = Callable[[Mapping[str, np.ndarray]], Mapping[str, jax.Array]]
@@ -102,9 +104,12 @@ def sequence_log_likelihoods(model: nnx.Module, batch: Mapping[str, np.ndarray])
     return (np.where(weights > 0, log_probs, 0.0) * weights).sum(-1), weights.sum(-1)
 
 
-def score_batches(model: nnx.Module, batches: Iterable[Mapping[str, np.ndarray]]) -> TokenLikelihood:
-    """Corpus token log-likelihood over target tokens (loss weights) of all batches: PPL, log-PPL."""
+def score_batches(model: nnx.Module, batches: Iterable[Mapping[str, np.ndarray]], *,
+                  mesh: Mesh | None = None) -> TokenLikelihood:
+    """Corpus token log-likelihood over target tokens (loss weights) of all batches: PPL, log-PPL.
+    With `mesh` (the model's params already placed on it, e.g. by the trainer) the rows are split
+    over its data axes (padded with weightless rows to a multiple of them)."""
     graphdef, params, rest = split_params(model)
     vocab_size = model.config.vocab_size
     return likelihood_of_batches(
-        lambda batch: _batch_sums(graphdef, params, rest, check_batch(batch, vocab_size)), batches)
+        lambda batch: _batch_sums(graphdef, params, rest, shard_rows(check_batch(batch, vocab_size), mesh)), batches)

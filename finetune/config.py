@@ -75,7 +75,7 @@ class FinetuneConfig:
     seq_len: int = 128
     epochs: int | None = 1
     num_steps: int | None = None
-    # Train until dev PPL stops improving (finetune.loop.StoppingRule): set max_steps (and
+    # Train until dev PPL stops improving (finetune.stopping.StoppingRule): set max_steps (and
     # patience), with epochs and num_steps None; min_steps / min_epochs keep small Df training.
     max_steps: int | None = None
     min_steps: int | None = None

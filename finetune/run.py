@@ -6,7 +6,9 @@
 
 The workdir gets config.gin / operative_config.gin (CLI), config.json (the run's config, its
 pretrain_workdir relative to the workdir), metrics.jsonl (one line per step, dev PPL every K
-steps), the adapter (LoRA A/B or the prompt: adapter.safetensors; FMT: the whole model in
+steps), train_state/ (a rolling checkpoint written at a dev evaluation every
+`finetune_checkpoints.every_seconds`, from which a killed run resumes; removed once the result is
+written), the adapter (LoRA A/B or the prompt: adapter.safetensors; FMT: the whole model in
 model/, an export directory) and result.json (written last, atomically). A workdir whose
 result.json holds this very configuration is a finished run: a no-op; one holding a different
 run is refused (`--overwrite` replaces it). The study runner (`python -m study`) runs many of
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import gin
+import jax
+from jax.sharding import Mesh
 
 from checkpoints.adapters import ADAPTER_FILE, export_finetuned, load_adapter_model, save_adapter
 from checkpoints.atomic import write_json_atomic, write_text_atomic
@@ -34,15 +38,18 @@ from data import pipeline, tasks
 from data.finetune_rows import finetune_batches, split_batches
 from eval.evaluate import evaluate_task, evaluate_zero_shot
 from finetune.config import CheckpointInfo, FinetuneConfig
-from finetune.loop import STOP_REASONS, LoopResult, StoppingRule, finetune_loop
 from finetune.result import RunResult, code_version, run_key
-from finetune.workdir import CONFIG_FILE, EXPORT_DIR, METRICS_FILE, RESULT_FILE, claim_workdir, identity
+from finetune.stopping import STOP_REASONS, StoppingRule
+from finetune.training import LoopResult, MetricsLog, finetune
+from finetune.workdir import (CONFIG_FILE, EXPORT_DIR, METRICS_FILE, RESULT_FILE, TRAIN_STATE_DIR, claim_workdir,
+                              identity)
 from model.functional import make_rngs
 from model.methods import base_params_of, build_model
 from model.transformer import Transformer
 from model.sizes import count_params
 from train import optimizer  # noqa: F401  (make_optimizer's gin settings)
 from train.gin_setup import add_gin_flags, one_line, parse_gin
+from train.partitioning import make_mesh
 
 # Test-set numbers kept as result columns; the rest of the evaluation goes to extra_metrics.
 STANDARD_KEYS = {"ppl", "log_ppl", "mean_log_likelihood", "target_tokens", "bleu", "chrf", "rouge_l", "signatures",
@@ -93,23 +100,33 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-class _MetricsFile:
-    """metrics.jsonl of this attempt (started fresh: a rerun trains from scratch)."""
-
-    def __init__(self, path: Path):
-        self.handle = open(path, "w", encoding="utf-8")
-
-    def __call__(self, record: dict) -> None:
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
+@gin.configurable
+def finetune_checkpoints(every_seconds: float = 60.0) -> float:
+    """How often a finetuning run checkpoints for resume: at its next dev evaluation once this many
+    seconds have passed since the last checkpoint (0: at every evaluation). A study's short runs
+    then write none, and a killed long run loses at most this much training."""
+    if not every_seconds >= 0:
+        raise ValueError(f"finetune_checkpoints.every_seconds={every_seconds!r} must be >= 0")
+    return float(every_seconds)
 
 
-def _train(config: FinetuneConfig, info: CheckpointInfo, workdir: Path, progress: bool) -> tuple[LoopResult, int]:
-    """Build the method's model on the checkpoint and finetune it (best params by dev PPL);
-    returns the loop's result and the batches per epoch."""
+def job_mesh() -> Mesh:
+    """The mesh a finetuning job runs on: make_mesh's gin bindings (`make_mesh.data = 8`, as a
+    pretraining job binds them), or this process's first device when none are bound (a study's
+    runs each take one device, and a CPU host with simulated devices still runs on one)."""
+    try:
+        bound = bool(gin.get_bindings("make_mesh"))
+    except (ValueError, KeyError):  # make_mesh has no bindings
+        bound = False
+    return make_mesh() if bound else make_mesh(devices=jax.local_devices()[:1])
+
+
+def _train(config: FinetuneConfig, info: CheckpointInfo, workdir: Path, progress: bool,
+           mesh: Mesh | None = None) -> tuple[LoopResult, int]:
+    """Build the method's model on the checkpoint and finetune it on `mesh` (best params by dev
+    PPL), resuming from the run's own checkpoint in workdir/train_state when a killed attempt left
+    one; returns the loop's result and the batches per epoch."""
+    mesh = mesh if mesh is not None else job_mesh()
     model_config, base_params, _ = load_checkpoint_params(info.workdir, step=info.step)
     if config.from_scratch:  # the checkpoint gave the model config; its weights are replaced by an initialisation
         base_params = base_params_of(Transformer(model_config, rngs=make_rngs(config.seed)))
@@ -118,14 +135,17 @@ def _train(config: FinetuneConfig, info: CheckpointInfo, workdir: Path, progress
     task = config.data_task(info.vocabulary)
     batches, per_epoch = train_batches(config, task)
     rule = stopping_rule(config, len(batches), per_epoch)
-    log.info("finetuning %s (%s) from %s step %d on %s: %s", model_config.name, spec, info.workdir,
-             info.step, config.task, rule)
-    metrics = _MetricsFile(workdir / METRICS_FILE)
+    log.info("finetuning %s (%s) from %s step %d on %s, mesh %s: %s", model_config.name, spec, info.workdir,
+             info.step, config.task, dict(mesh.shape), rule)
+    metrics = MetricsLog(workdir / METRICS_FILE)
     try:
-        return finetune_loop(model, spec, batches, dev_batches(config, task), peak_learning_rate=config.peak_learning_rate,
-                             final_learning_fraction=config.final_learning_fraction,
-                             parameter_scale=config.use_parameter_scale, eval_every_steps=config.eval_every_steps,
-                             stopping=rule, seed=config.seed, progress=progress, log=metrics), per_epoch
+        return finetune(model, spec, batches, dev_batches(config, task), mesh=mesh,
+                        peak_learning_rate=config.peak_learning_rate,
+                        final_learning_fraction=config.final_learning_fraction,
+                        parameter_scale=config.use_parameter_scale, eval_every_steps=config.eval_every_steps,
+                        stopping=rule, seed=config.seed, checkpoint_dir=workdir / TRAIN_STATE_DIR,
+                        identity=identity(config, workdir), checkpoint_every_seconds=finetune_checkpoints(),
+                        progress=progress, log_fn=metrics), per_epoch
     finally:
         metrics.close()
 
@@ -142,10 +162,11 @@ def _save_finetuned(loop: LoopResult, config: FinetuneConfig, info: CheckpointIn
 
 
 def _result(loop: LoopResult, config: FinetuneConfig, info: CheckpointInfo, started: float,
-            steps_per_epoch: int) -> RunResult:
-    """Evaluate the selected model (test PPL, decoding metrics, zero-shot) into a validated RunResult."""
+            steps_per_epoch: int, mesh: Mesh | None = None) -> RunResult:
+    """Evaluate the selected model (test PPL, decoding metrics, zero-shot) on the run's mesh into a
+    validated RunResult."""
     options = dict(batch_size=config.eval_batch_size, seq_len=config.seq_len, max_examples=config.eval_max_examples,
-                   decode=config.decode, max_new_tokens=config.max_new_tokens)
+                   decode=config.decode, max_new_tokens=config.max_new_tokens, mesh=mesh)
     task = config.data_task(info.vocabulary)
     test = evaluate_task(loop.model, task, split="test", **options)
     zero_shot = evaluate_zero_shot(loop.model, task, **options)
@@ -179,7 +200,8 @@ def _result(loop: LoopResult, config: FinetuneConfig, info: CheckpointInfo, star
 def run_finetune(config: FinetuneConfig, workdir: str | Path, *, progress: bool = True,
                  overwrite: bool = False) -> RunResult:
     """Train (best by dev PPL, early stopping), save the adapter, evaluate and return the RunResult.
-    A workdir holding this very run, finished, makes the call a no-op; one holding a different run
+    A workdir holding this very run, finished, makes the call a no-op; unfinished, the run resumes
+    from its last checkpoint (train_state/); one holding a different run
     is refused (ValueError) unless `overwrite`, which replaces it."""
     workdir = Path(workdir)
     info = config.validate()  # every ValueError before any compute
@@ -189,13 +211,15 @@ def run_finetune(config: FinetuneConfig, workdir: str | Path, *, progress: bool 
     workdir.mkdir(parents=True, exist_ok=True)
     recorded = identity(config, workdir)
     write_json_atomic(workdir / CONFIG_FILE, recorded, sort_keys=True)
-    loop, per_epoch = _train(config, info, workdir, progress)
+    mesh = job_mesh()
+    loop, per_epoch = _train(config, info, workdir, progress, mesh)
     _save_finetuned(loop, config, info, workdir)
-    result = _result(loop, config, info, started, per_epoch)
+    result = _result(loop, config, info, started, per_epoch, mesh)
     write_json_atomic(workdir / RESULT_FILE, {"run_key": run_key(recorded), "config": recorded,
                                               "result": dataclasses.asdict(result), "history": loop.history,
                                               "stop_reason": loop.stop_reason},
                       sort_keys=True)
+    shutil.rmtree(workdir / TRAIN_STATE_DIR, ignore_errors=True)  # only for resuming; the result is final now
     return result
 
 

@@ -22,7 +22,8 @@ CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 EXPORT_DIR = "model"
-OUTPUTS = (RESULT_FILE, CONFIG_FILE, METRICS_FILE, ADAPTER_FILE, EXPORT_DIR)
+TRAIN_STATE_DIR = "train_state"  # the rolling checkpoint a killed run resumes from (finetune.training)
+OUTPUTS = (RESULT_FILE, CONFIG_FILE, METRICS_FILE, ADAPTER_FILE, EXPORT_DIR, TRAIN_STATE_DIR)
 
 
 def identity(config: FinetuneConfig, workdir: Path) -> dict[str, Any]:

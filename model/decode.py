@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from model.sharding import shard_rows
 from model.transformer import scan_blocks
 
 
@@ -121,13 +122,15 @@ def generate(
     top_k: int = 0,
     seed: int = 0,
     prefix_bidirectional: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
     """Continue each prompt_tokens[b, :prompt_lengths[b]]; int32 [B, max_new_tokens], 0 after EOS.
 
     The prompt is what the model reads (decoder_input_tokens convention: for prefix-LM data
     that is [0, inputs...]); prefix_bidirectional lets the prompt attend bidirectionally, as
     the prefix of a prefix-LM batch does. temperature 0 is greedy; otherwise sample, from the
-    top_k logits when top_k > 0.
+    top_k logits when top_k > 0. With `mesh` (the model's state already placed on it) the rows
+    are split over its data axes, padded to a multiple of them with one-token rows.
     """
     tokens = np.asarray(prompt_tokens)
     lengths = np.asarray(prompt_lengths)
@@ -153,9 +156,11 @@ def generate(
     if not 0 <= top_k <= config.vocab_size:
         raise ValueError(f"top_k={top_k!r} must be in [0, vocab_size={config.vocab_size}] (0 = no filter)")
     graphdef, state = nnx.split(model)
+    placed = shard_rows({"tokens": tokens.astype(np.int32), "lengths": lengths.astype(np.int32)}, mesh,
+                        fill={"lengths": 1})
     out = _generate(
-        graphdef, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32), jax.random.key(seed),
+        graphdef, state, jnp.asarray(placed["tokens"]), jnp.asarray(placed["lengths"]), jax.random.key(seed),
         jnp.int32(eos_id), jnp.float32(temperature), jnp.int32(top_k), jnp.bool_(prefix_bidirectional),
         max_new_tokens=max_new_tokens,
     )
-    return np.asarray(out)
+    return np.asarray(out)[:tokens.shape[0]]

@@ -8,13 +8,15 @@ Activations get sharding constraints only while a mesh is current (the trainer t
 steps under `jax.sharding.use_abstract_mesh`): their batch dimension stays split over
 data x fsdp, so per-chip activation memory follows the per-chip batch even when the
 parameters are split over fsdp (without a constraint XLA may keep the batch whole and split
-the weights' dimension instead). Without a mesh (decoding, one-device scoring) nothing changes.
+the weights' dimension instead). Without a mesh (one-device scoring) nothing changes.
+Evaluation and decoding place their batches with `shard_rows` (padded to the data ways).
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -82,3 +84,29 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         return x
     spec = spec_for(x.shape, logical_axes, dict(mesh.shape), ACTIVATION_RULES)
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def data_ways(mesh: jax.sharding.Mesh) -> int:
+    """How many ways a batch is split on `mesh` (data x fsdp)."""
+    return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+
+
+def shard_rows(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh | None, *, fill: Mapping[str, int] = {}
+               ) -> dict[str, jax.Array]:
+    """A batch every process holds whole (evaluation, finetuning data) as global arrays with rows
+    split over the data axes; rows are padded to a multiple of data x fsdp (zeros, or `fill[key]`)
+    so any batch size runs on any mesh: padded rows have zero loss weight and their outputs are
+    dropped. Without a mesh the arrays are returned as they are."""
+    arrays = {k: np.asarray(v) for k, v in batch.items()}
+    if mesh is None:
+        return arrays
+    ways = data_ways(mesh)
+    sharding = jax.sharding.NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    out = {}
+    for key, value in arrays.items():
+        missing = -len(value) % ways
+        if missing:
+            pad = np.full((missing,) + value.shape[1:], fill.get(key, 0), value.dtype)
+            value = np.concatenate([value, pad])
+        out[key] = jax.make_array_from_callback(value.shape, sharding, lambda index, value=value: value[index])
+    return out

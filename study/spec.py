@@ -100,7 +100,7 @@ class StudySpec:
     seq_len: int = 64
     epochs: int | None = None
     num_steps: int | None = 20
-    # Train until dev PPL stops improving (finetune.loop.StoppingRule): max_steps with patience
+    # Train until dev PPL stops improving (finetune.stopping.StoppingRule): max_steps with patience
     # (evaluations), at least min_steps and min_epochs; epochs and num_steps None.
     max_steps: int | None = None
     min_steps: int | None = None

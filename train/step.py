@@ -48,14 +48,14 @@ def split_microbatches(batch: Batch, microbatches: int) -> Batch:
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *,
-                    schedule: optax.Schedule, z_loss: float, dropout: bool, seed: int,
+                    learning_rate: Callable[[Any, jax.Array], jax.Array], z_loss: float, dropout: bool, seed: int,
                     prng_impl: str = "threefry2x32", compute: ComputeConfig = REFERENCE, microbatches: int = 1,
                     mesh: Mesh | None = None) -> Callable[[TrainState, nnx.State, Batch, jax.Array], tuple[TrainState, dict]]:
     """(state, rest, batch, step) -> (new state, metrics): one optimizer update of the trainable
     params (state["params"]) on the whole batch. With microbatches > 1 the gradients of the
     microbatches are summed first (each one's loss divided by the whole batch's weight sum, so
     the sum is the full batch's loss and gradient); the learning rate comes from `optimizer`'s
-    schedule. `compute` chooses remat, attention and loss chunking; `mesh` enables the
+    schedule (`learning_rate(opt_state, step)` reports it). `compute` chooses remat, attention and loss chunking; `mesh` enables the
     activation sharding constraints."""
 
     def loss_fn(params, rest, batch, dropout_key, normaliser):
@@ -96,7 +96,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
             "log_z_squared": parts["log_z_squared"],
             "target_tokens": parts["weight_sum"],
             "grad_norm": optax.tree.norm(grads),
-            "learning_rate": schedule(step),
+            "learning_rate": learning_rate(state["opt_state"], step),
         }
         return {"params": params, "opt_state": opt_state}, metrics
 

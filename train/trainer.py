@@ -22,8 +22,10 @@ from eval.scoring import likelihood_of_batches
 from model.compute import ComputeConfig
 from model.functional import PRNG_IMPLS
 from train import state as state_lib
+from train.loop import run_steps
 from train.metrics import MetricsWriter, measure_matmul_peak
-from train.optimizer import learning_rate_schedule, make_optimizer
+from train.optimizer import (learning_rate_in_state, learning_rate_schedule, make_optimizer,
+                             schedule_in_state_optimizer)
 from train.partitioning import batch_axis_size
 from train.step import jit_eval_step, jit_train_step, make_train_step, shard_batch
 
@@ -154,14 +156,24 @@ class TrainProgram:
 
 
 def build_train_step(config: TrainConfig, model_factory: Callable, mesh: Mesh, *, dropout: bool,
-                     method: str = "fmt") -> TrainProgram:
+                     method: str = "fmt", schedule_in_state: bool = False,
+                     parameter_scale: bool = True) -> TrainProgram:
     """Schedule, optimizer (gin), shardings and the jitted step for `config` on `mesh`; only the
-    params `method`'s filter selects train (pretraining: "fmt" on a plain model)."""
-    schedule = learning_rate_schedule(config.total_steps())
-    optimizer = make_optimizer(schedule)
+    params `method`'s filter selects train (pretraining: "fmt" on a plain model). With
+    `schedule_in_state` (finetuning) the cosine schedule's peak, final rate and length live in the
+    optimizer state (train.optimizer.with_schedule sets them), so the program does not depend on
+    them or on the run's length; `parameter_scale` is Adafactor's multiply_by_parameter_scale there."""
+    if schedule_in_state:
+        schedule = None
+        optimizer = schedule_in_state_optimizer(multiply_by_parameter_scale=parameter_scale)
+        learning_rate = learning_rate_in_state
+    else:
+        schedule = learning_rate_schedule(config.total_steps())
+        optimizer = make_optimizer(schedule)
+        learning_rate = lambda opt_state, step: schedule(step)  # noqa: E731
     parts = state_lib.plan(model_factory, optimizer, mesh, config.seed, config.prng_impl, method)
-    step = make_train_step(parts.graphdef, optimizer, schedule=schedule, z_loss=config.z_loss, dropout=dropout,
-                           seed=config.seed, prng_impl=config.prng_impl, compute=config.compute,
+    step = make_train_step(parts.graphdef, optimizer, learning_rate=learning_rate, z_loss=config.z_loss,
+                           dropout=dropout, seed=config.seed, prng_impl=config.prng_impl, compute=config.compute,
                            microbatches=config.microbatches, mesh=mesh)
     return TrainProgram(schedule, optimizer, parts, jit_train_step(step, parts.state_shardings,
                                                                    parts.rest_shardings, mesh))
@@ -288,8 +300,8 @@ def train(config: TrainConfig, inputs: RunInputs, mesh: Mesh, workdir: str | Pat
 
 
 class _Loop:
-    """The step loop of one run: jitted steps, metrics read one step late, dev loss and
-    checkpoints at their steps, NaN stops naming the last good checkpoint."""
+    """The hooks of a pretraining run in the one step loop (train.loop.run_steps): metrics logged
+    one step late, dev loss and checkpoints at their steps, NaN stops naming the last good checkpoint."""
 
     def __init__(self, *, config: TrainConfig, inputs: RunInputs, mesh: Mesh, store: CheckpointStore,
                  total_steps: int, step_fn: Callable, eval_fn: Callable, peak: float, writer: MetricsWriter,
@@ -366,31 +378,31 @@ class _Loop:
             log.info("no saved data position: the batch source skips to step %d", self.start_step)
         return self.inputs.batches(self.start_step)
 
+    def dispatched(self, step: int) -> None:
+        self.bar.update(self.config.tokens_per_step)
+
+    def due(self, step: int, train_state: dict, rest: Any) -> bool:
+        self.evaluate_and_save(step, train_state, rest)
+        return False  # a pretraining run always runs to its last step
+
+    def device_batches(self) -> Iterator[Any]:
+        """The source's batches from the start step on, checked and sharded over the mesh."""
+        batches = self.batches = self._open_batches()
+        for step in range(self.start_step + 1, self.total_steps + 1):
+            batch = next(batches, None)
+            if batch is None:
+                raise ValueError(f"the batch source ran out at step {step} of {self.total_steps}; "
+                                 f"lower the token budget or use a larger corpus")
+            _check_batch(batch, self.config, step)
+            yield shard_batch(batch, self.mesh)
+
     def run(self, train_state: dict, rest: Any, *, progress: bool) -> None:
         config = self.config
         self.bar = tqdm(total=self.total_steps * config.tokens_per_step, initial=self.start_step * config.tokens_per_step,
                         unit="tok", unit_scale=True, disable=not progress, desc="pretrain", dynamic_ncols=True)
-        batches = self.batches = self._open_batches()
-        pending: tuple[int, Any] | None = None  # (step, device metrics), read one step late
         try:
-            for step in range(self.start_step + 1, self.total_steps + 1):
-                batch = next(batches, None)
-                if batch is None:
-                    raise ValueError(f"the batch source ran out at step {step} of {self.total_steps}; "
-                                     f"lower the token budget or use a larger corpus")
-                _check_batch(batch, config, step)
-                train_state, device_metrics = self.step_fn(train_state, rest, shard_batch(batch, self.mesh),
-                                                           np.asarray(step - 1, np.int32))
-                if pending is not None:
-                    self.consume(*pending)
-                pending = (step, device_metrics)
-                self.bar.update(config.tokens_per_step)
-                if self.is_due(step):
-                    self.consume(*pending)  # never evaluate or checkpoint a diverged state
-                    pending = None
-                    self.evaluate_and_save(step, train_state, rest)
-            if pending is not None:
-                self.consume(*pending)
+            run_steps(self.step_fn, train_state, rest, self.device_batches(), start_step=self.start_step,
+                      total_steps=self.total_steps, hooks=self)
         finally:
             self.bar.close()
 

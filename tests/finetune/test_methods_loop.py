@@ -1,5 +1,6 @@
 """FMT / LoRA / prompt finetuning on the shared smoke checkpoint: what trains, what stays frozen,
-overfitting 32 examples, best-by-dev-PPL selection, early stopping, adapters and merged export."""
+overfitting 32 examples, best-by-dev-PPL selection, early stopping, adapters and merged export.
+All on one device of the 8 simulated ones (tests/finetune/test_sharded_finetuning.py: on 8)."""
 import math
 
 import jax
@@ -10,10 +11,14 @@ from data.pipeline import eval_batches, finetune_batches
 from checkpoints import adapters
 from checkpoints.exports import load_exported_model
 from checkpoints.load import load_checkpoint_params
-from finetune import loop
+from finetune import training
+from finetune.stopping import StoppingRule
 from finetune.costs import method_costs
 from model.methods import MethodSpec, base_params_of, build_model
 from model.methods import split_trainable as split_model
+from train.partitioning import make_mesh
+
+MESH = make_mesh(devices=jax.devices()[:1])
 
 OVERFIT_EXAMPLES = 32
 SEQ_LEN, BATCH = 64, 4  # the 32 examples pack into ~4 rows: a step is about one pass
@@ -40,12 +45,20 @@ def base(smoke_pretrain_dir):
     return {"config": config, "params": params, "train": train, "epoch": epoch, "dev": dev}
 
 
+def finetune(model, spec, batches, dev, **kwargs):
+    return training.finetune(model, spec, batches, dev, mesh=MESH, progress=False, **kwargs)
+
+
+def program(model, method):
+    spec, _, scale, _ = METHODS[method]
+    config = training.TrainConfig(batch_size=BATCH, seq_len=SEQ_LEN, num_steps=1)
+    return training.finetune_program(model.config, spec, MESH, config, parameter_scale=scale)
+
+
 def mean_loss(model, method, batches):
     """Token-level mean CE of `model` over `batches` (target tokens only), with the cached eval step."""
-    spec, _, scale, _ = METHODS[method]
-    steps = loop.compiled_steps(model, spec, parameter_scale=scale)
     _, params, rest = split_model(model, method)
-    return loop.dev_log_ppl(steps.eval_step, params, rest, batches)
+    return training.dev_log_ppl(program(model, method).eval_fn, params, rest, batches, MESH)
 
 
 def unigram_entropy(batches):
@@ -64,8 +77,8 @@ def trained(base):
         model = build_model(base["config"], base["params"], spec, seed=0)
         before = jax.tree.map(np.array, base_params_of(model))
         start_loss = mean_loss(model, name, base["epoch"])
-        result = loop.finetune_loop(model, spec, base["train"][:steps], base["dev"], peak_learning_rate=lr,
-                                    parameter_scale=scale, eval_every_steps=steps, progress=False)
+        result = finetune(model, spec, base["train"][:steps], base["dev"], peak_learning_rate=lr,
+                          parameter_scale=scale, eval_every_steps=steps)
         out[name] = {"model": model, "before": before, "result": result, "start_loss": start_loss,
                      "end_loss": mean_loss(result.model, name, base["epoch"])}
     return out
@@ -103,8 +116,9 @@ def test_trainable_params_and_optimizer_state_are_a_tiny_fraction_of_fmt(trained
         assert 0 < result.optimizer_state_bytes < 0.05 * fmt.optimizer_state_bytes, name
     # method_costs predicts the same numbers without training
     for name, (spec, _, scale, _) in METHODS.items():
-        from train.optimizer import make_optimizer
-        costs = method_costs(trained[name]["model"], name, make_optimizer(1.0, multiply_by_parameter_scale=scale))
+        from train.optimizer import schedule_in_state_optimizer
+        costs = method_costs(trained[name]["model"], name,
+                             schedule_in_state_optimizer(multiply_by_parameter_scale=scale))
         assert costs["trainable_params"] == trained[name]["result"].trainable_params
         assert costs["optimizer_state_bytes"] == trained[name]["result"].optimizer_state_bytes
 
@@ -128,49 +142,65 @@ def test_each_method_overfits_32_examples(base, trained):
 
 
 def test_runs_sharing_model_method_and_shapes_reuse_the_compiled_steps(base, trained):
+    """Another seed, learning rate and run length: the same program, compiled once (the schedule
+    lives in the optimizer state)."""
     spec, lr, scale, _ = METHODS["lora"]
     model = build_model(base["config"], base["params"], spec, seed=1)  # new model, same structure
-    steps = loop.compiled_steps(model, spec, parameter_scale=scale)
-    assert steps is loop.compiled_steps(trained["lora"]["model"], spec, parameter_scale=scale)
-    before = (steps.train_step._cache_size(), steps.eval_step._cache_size())
-    loop.finetune_loop(model, spec, base["train"][:3], base["dev"], peak_learning_rate=lr / 3,
-                       parameter_scale=scale, eval_every_steps=2, progress=False)
-    assert (steps.train_step._cache_size(), steps.eval_step._cache_size()) == before == (1, 1)
+    steps = program(model, "lora")
+    assert steps is program(trained["lora"]["model"], "lora")
+    before = (steps.train.step_fn._cache_size(), steps.eval_fn._cache_size())
+    finetune(model, spec, base["train"][:3], base["dev"], peak_learning_rate=lr / 3, parameter_scale=scale,
+             eval_every_steps=2, seed=1)
+    assert (steps.train.step_fn._cache_size(), steps.eval_fn._cache_size()) == before
+    assert before[0] == 1  # (the eval step also saw mean_loss's params, not yet placed by the trainer)
+
+
+def test_the_learning_rate_follows_the_cosine_schedule_of_the_run(base):
+    spec, lr, scale, _ = METHODS["lora"]
+    model = build_model(base["config"], base["params"], spec, seed=0)
+    records = []
+    finetune(model, spec, base["train"][:5], base["dev"], peak_learning_rate=lr, final_learning_fraction=0.1,
+             parameter_scale=scale, eval_every_steps=5, log_fn=records.append)
+    from train.optimizer import learning_rate_schedule
+    expected = learning_rate_schedule(5, peak_learning_rate=lr, final_learning_rate=lr * 0.1)
+    np.testing.assert_allclose([r["learning_rate"] for r in records], [float(expected(s)) for s in range(5)],
+                               rtol=1e-6)
 
 
 def test_best_step_is_the_lowest_dev_ppl_and_early_stopping_stops(base, monkeypatch):
     spec, lr, scale, _ = METHODS["lora"]
     model = build_model(base["config"], base["params"], spec, seed=0)
     scripted = iter([5.0, 3.0, 4.0, 3.5, 2.0, 1.0])  # dev log-PPL at steps 2, 4, 6, 8, ...
-    monkeypatch.setattr(loop, "dev_log_ppl", lambda *args: next(scripted))
+    monkeypatch.setattr(training, "dev_log_ppl", lambda *args: next(scripted))
     records = []
-    result = loop.finetune_loop(model, spec, base["train"][:12], base["dev"], peak_learning_rate=lr,
-                                parameter_scale=scale, eval_every_steps=2, patience=2, progress=False,
-                                log=records.append)
+    result = finetune(model, spec, base["train"][:12], base["dev"], peak_learning_rate=lr, parameter_scale=scale,
+                      eval_every_steps=2, stopping=StoppingRule.fixed(12, patience=2), log_fn=records.append)
     assert [h["step"] for h in result.history] == [2, 4, 6, 8]
     assert result.best_step == 4 and result.best_dev_ppl == pytest.approx(math.exp(3.0))
     assert result.stopped_early and result.steps_run == 8 and len(records) == 8
+    assert result.stop_reason == "patience" and len(result.train_losses) == 8
     monkeypatch.undo()
-    without_patience = loop.finetune_loop(model, spec, base["train"][:6], base["dev"], peak_learning_rate=lr,
-                                          parameter_scale=scale, eval_every_steps=2, progress=False)
+    without_patience = finetune(model, spec, base["train"][:6], base["dev"], peak_learning_rate=lr,
+                                parameter_scale=scale, eval_every_steps=2)
     assert not without_patience.stopped_early and without_patience.steps_run == 6
+    assert without_patience.stop_reason == "fixed_length"
 
 
 def test_stopping_rule_trains_at_least_the_floor_then_stops_on_patience():
-    rule = loop.StoppingRule.until_converged(max_steps=50, patience=2, min_steps=10, min_epochs=3, steps_per_epoch=5)
+    rule = StoppingRule.until_converged(max_steps=50, patience=2, min_steps=10, min_epochs=3, steps_per_epoch=5)
     assert (rule.min_steps, rule.max_steps) == (15, 50)       # 3 epochs of 5 steps beat 10 steps
     assert rule.stop_reason(14, evals_since_best=9) is None   # below the floor patience does not count
     assert rule.stop_reason(16, evals_since_best=1) is None
     assert rule.stop_reason(16, evals_since_best=2) == "patience"
     assert rule.stop_reason(50, evals_since_best=0) == "max_steps"
-    assert loop.StoppingRule.fixed(8).stop_reason(8, 0) == "fixed_length"
-    assert loop.StoppingRule.until_converged(max_steps=20, patience=1, min_epochs=9, steps_per_epoch=5).min_steps == 20
+    assert StoppingRule.fixed(8).stop_reason(8, 0) == "fixed_length"
+    assert StoppingRule.until_converged(max_steps=20, patience=1, min_epochs=9, steps_per_epoch=5).min_steps == 20
     with pytest.raises(ValueError, match="needs a patience"):
-        loop.StoppingRule.until_converged(max_steps=20, patience=None)
+        StoppingRule.until_converged(max_steps=20, patience=None)
     with pytest.raises(ValueError, match="min_steps=30 exceeds max_steps=20"):
-        loop.StoppingRule(max_steps=20, min_steps=30)
+        StoppingRule(max_steps=20, min_steps=30)
     with pytest.raises(ValueError, match="patience=0 must be None or an integer >= 1"):
-        loop.StoppingRule(max_steps=20, patience=0)
+        StoppingRule(max_steps=20, patience=0)
 
 
 def test_best_params_are_exactly_those_of_the_best_step(base, monkeypatch):
@@ -179,10 +209,10 @@ def test_best_params_are_exactly_those_of_the_best_step(base, monkeypatch):
     captured = {}
 
     scripted = iter([2.0, 1.0, 3.0])  # best at the 2nd evaluation (step 4)
-    monkeypatch.setattr(loop, "dev_log_ppl", lambda eval_step, params, rest, batches: (
+    monkeypatch.setattr(training, "dev_log_ppl", lambda eval_fn, params, rest, batches, mesh: (
         captured.setdefault(len(captured), jax.tree.map(np.array, params)), next(scripted))[1])
-    result = loop.finetune_loop(model, spec, base["train"][:6], base["dev"], peak_learning_rate=lr,
-                                parameter_scale=scale, eval_every_steps=2, progress=False)
+    result = finetune(model, spec, base["train"][:6], base["dev"], peak_learning_rate=lr, parameter_scale=scale,
+                      eval_every_steps=2)
     assert result.best_step == 4
     assert _equal_trees(captured[1], split_model(result.model, "prompt")[1])
     assert not _equal_trees(captured[2], split_model(result.model, "prompt")[1])

@@ -68,3 +68,30 @@ def test_loss_ignores_unweighted_tokens_and_adds_z_loss():
     z_term = float((log_z**2 * weights).sum() / weights.sum())
     assert float(with_z) == pytest.approx(expected + 1e-2 * z_term, rel=1e-6)
     assert float(parts["log_z_squared"]) == pytest.approx(z_term, rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_schedule_in_the_state_updates_exactly_as_the_schedule_in_the_program(scale):
+    """Finetuning's optimizer (peak, final rate and length as state, one program for every run)
+    takes the steps of Adafactor with the same cosine schedule compiled in (to float32 rounding of
+    the rate: the schedule is computed from float32 state), and reports the rate it applied."""
+    from train.optimizer import learning_rate_in_state, schedule_in_state_optimizer, with_schedule
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3), "b": jnp.zeros((3,))}
+    grads = {"w": jnp.arange(12.0).reshape(4, 3) / 10, "b": jnp.ones((3,))}
+    in_state = schedule_in_state_optimizer(multiply_by_parameter_scale=scale)
+    state = with_schedule(in_state.init(params), peak_learning_rate=1e-2, final_learning_rate=1e-3, decay_steps=10)
+    schedule = learning_rate_schedule(10, peak_learning_rate=1e-2, final_learning_rate=1e-3)
+    compiled_in = make_optimizer(schedule, multiply_by_parameter_scale=scale)
+    reference = compiled_in.init(params)
+    a = b = params
+    update = in_state.update
+    for step in range(12):  # past the end: the rate stays at the final one
+        assert float(learning_rate_in_state(state, step)) == pytest.approx(float(schedule(step)), rel=1e-6)
+        updates, state = update(grads, state, a)
+        a = optax.apply_updates(a, updates)
+        updates, reference = compiled_in.update(grads, reference, b)
+        b = optax.apply_updates(b, updates)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-10)
+    with pytest.raises(ValueError, match="decay_steps >= 1, got peak=0.01 final=0.001 decay_steps=0"):
+        with_schedule(state, peak_learning_rate=1e-2, final_learning_rate=1e-3, decay_steps=0)

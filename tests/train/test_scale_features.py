@@ -55,7 +55,7 @@ def loss_and_grads(model_overrides: dict, compute: dict, mesh_shape=(1, 1, 1)) -
     mesh, parts, state, rest = _initial(scan_layers, mesh_shape)
     compute = dict(compute)
     microbatches = compute.pop("microbatches", 1)
-    step = jit_train_step(make_train_step(parts.graphdef, SGD, schedule=optax.constant_schedule(1.0),
+    step = jit_train_step(make_train_step(parts.graphdef, SGD, learning_rate=lambda opt_state, step: 1.0,
                                           z_loss=1e-3, dropout=False, seed=0, compute=ComputeConfig(**compute),
                                           microbatches=microbatches, mesh=mesh),
                           parts.state_shardings, parts.rest_shardings, mesh)
