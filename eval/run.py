@@ -26,6 +26,7 @@ from checkpoints.exports import CONFIG_FILE, PARAMS_DIR, is_export, load_exporte
 from checkpoints.load import load_checkpoint_model
 from checkpoints.store import INTERMEDIATE_DIR, LATEST_DIR, last_checkpoint
 from eval import evaluate
+from model.sharding import data_parallel
 
 
 def load_model(checkpoint: str | Path, *, step: int | None = None,
@@ -80,9 +81,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.learned_metrics is not None:
         options["learned_metrics"] = [m for m in args.learned_metrics.split(",") if m]
     report: dict[str, Any] = {**provenance, "task": args.task, "split": args.split, **options}
-    report["metrics"] = evaluate.evaluate_task(model, args.task, split=args.split, **options)
+    mesh = data_parallel(model) if args.data_parallel else None
+    report["devices"] = mesh.size if mesh is not None else 1
+    report["metrics"] = evaluate.evaluate_task(model, args.task, split=args.split, mesh=mesh, **options)
     if args.zero_shot:
-        report["zero_shot"] = evaluate.evaluate_zero_shot(model, args.task, **options)
+        report["zero_shot"] = evaluate.evaluate_zero_shot(model, args.task, mesh=mesh, **options)
     return _finite(report)
 
 
@@ -101,6 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--no_decode", action="store_true", help="PPL only (no BLEU/chrF/ROUGE-L)")
+    parser.add_argument("--data_parallel", action="store_true",
+                        help="replicate the model on this host's devices and split the rows over them")
     parser.add_argument("--learned_metrics", default=None, help="comma list, e.g. comet,bleurt ('' = none)")
     parser.add_argument("--output", default=None, help="also write the JSON to this file (atomically)")
     return parser.parse_args(argv)

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -110,3 +111,14 @@ def shard_rows(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh | None, 
             value = np.concatenate([value, pad])
         out[key] = jax.make_array_from_callback(value.shape, sharding, lambda index, value=value: value[index])
     return out
+
+
+def data_parallel(model: Any, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """Replicate `model`'s state (in place) on a (data=N, fsdp=1, tensor=1) mesh over `devices`
+    (default: this process's devices) and return the mesh: evaluation of a model that fits one
+    device, its rows split N ways (a training job's own mesh and shardings do the rest)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    mesh = jax.sharding.Mesh(np.asarray(devices, dtype=object).reshape(len(devices), 1, 1), MESH_AXES)
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, jax.sharding.NamedSharding(mesh, PartitionSpec())))
+    return mesh

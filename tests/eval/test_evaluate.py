@@ -155,6 +155,21 @@ def test_eval_run_cli_prints_json(smoke_pretrain_dir, smoke_model, capsys, tmp_p
     assert report["metrics"]["log_ppl"] == pytest.approx(direct["log_ppl"], rel=1e-6)
 
 
+def test_eval_run_cli_data_parallel_gives_the_same_report(smoke_pretrain_dir, capsys):
+    """--data_parallel: the model replicated on 8 simulated devices, 3 examples split over them
+    (padded rows dropped): the same PPL, the same decoded tokens (hence BLEU/chrF) as one device."""
+    args = [f"--checkpoint={smoke_pretrain_dir}", "--task=mt_en_de", "--batch_size=3", "--seq_len=64",
+            "--max_new_tokens=8", "--max_examples=3", "--learned_metrics="]
+    assert eval_run.main(args) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert eval_run.main(args + ["--data_parallel"]) == 0
+    parallel = json.loads(capsys.readouterr().out)
+    assert single["devices"] == 1 and parallel["devices"] == len(jax.local_devices()) > 1
+    assert parallel["metrics"]["log_ppl"] == pytest.approx(single["metrics"]["log_ppl"], rel=1e-6)
+    for key in ("bleu", "chrf", "examples", "target_tokens"):
+        assert parallel["metrics"][key] == single["metrics"][key], key
+
+
 def test_eval_run_cli_on_an_export_and_at_a_step(smoke_pretrain_dir, capsys, tmp_path):
     export = export_checkpoint(smoke_pretrain_dir, tmp_path / "export", step=8)
     assert eval_run.main([f"--checkpoint={export}", "--task=mt_en_de", "--no_decode", *CLI_OPTS]) == 0
