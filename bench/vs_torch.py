@@ -120,6 +120,8 @@ def bench_size(name: str, args, compute: dict, with_peer: bool) -> dict:
     peer = None
     if with_peer:
         peer = Peer(args.torch_python, args.peer, ours.config, batch_size=args.batch_size, seq_len=args.seq_len)
+        print(f"  {name:>3} torch {peer.info['torch']}, {peer.info['threads']} threads, {peer.info['params']:,} params "
+              f"(ours {ours.params:,}); warm-up incl. compile {peer.info['warm_s']['compiled']:.0f} s", flush=True)
     kinds = ["ours"] + (["eager", "compiled"] if peer else [])
     rounds = []
     try:
@@ -149,6 +151,7 @@ def bench_size(name: str, args, compute: dict, with_peer: bool) -> dict:
     if peer:
         result["torch_params"] = peer.info["params"]
         result["torch_version"] = peer.info["torch"]
+        result["torch_threads"] = peer.info["threads"]
         result["vs_eager"] = result["ours"] / result["eager"]
         result["vs_compiled"] = result["ours"] / result["compiled"]
     return result
