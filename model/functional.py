@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.compute import REFERENCE, ComputeConfig
-from model.loss import chunked_cross_entropy_sums, cross_entropy_sums, loss_from_sums
+from model.loss import chunked_cross_entropy_sums, loss_from_sums
 
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
@@ -60,15 +60,15 @@ def model_loss(graphdef: nnx.GraphDef, params: dict, rest: nnx.State, batch: dic
                z_loss: float, deterministic: bool, dropout_key: jax.Array | None = None,
                compute: ComputeConfig = REFERENCE, normaliser: jax.Array | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(loss, parts) of model.loss on a batch; with `compute.loss_chunk` the logits are made one
-    chunk of positions at a time. `normaliser`: the weight sum to divide by (microbatches)."""
+    """(loss, parts) of model.loss on a batch (Transformer.cross_entropy_sums: no float32 logits
+    kept for the backward pass); with `compute.loss_chunk` the logits are made one chunk of
+    positions at a time. `normaliser`: the weight sum to divide by (microbatches)."""
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-    if not compute.loss_chunk:
-        logits = apply_model(graphdef, params, rest, batch, deterministic=deterministic, dropout_key=dropout_key,
-                             compute=compute)
-        return loss_from_sums(cross_entropy_sums(logits, targets, weights), z_loss, normaliser)
     model = _merged(graphdef, params, rest, dropout_key)
     hidden = model.hidden_states(batch["decoder_input_tokens"], **_inputs(batch), deterministic=deterministic,
                                  compute=compute)
-    sums = chunked_cross_entropy_sums(hidden, model.logits, targets, weights, compute.loss_chunk)
+    if not compute.loss_chunk:
+        sums = model.cross_entropy_sums(hidden, targets, weights)
+    else:
+        sums = chunked_cross_entropy_sums(hidden, model.logits, targets, weights, compute.loss_chunk)
     return loss_from_sums(sums, z_loss, normaliser)

@@ -1,6 +1,7 @@
 """Building blocks: RMSNorm, rotary embeddings, LoRA-capable projections, gated-GELU MLP."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -47,6 +48,32 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float) -> jax
     return out.astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
+    """tensordot(x, kernel, n_in) with autodiff's gradients, the kernel's computed as
+    x^T . dy in the kernel's own [in, out] order: autodiff makes (dy^T . x)^T, which XLA:CPU
+    computes by first transposing dy (for the MLP's input projection, a [tokens, 2 x d_ff]
+    copy per layer)."""
+    return jnp.tensordot(x, kernel, axes=n_in)
+
+
+def _project_fwd(x, kernel, n_in):
+    return project(x, kernel, n_in), (x, kernel)
+
+
+def _project_bwd(n_in, residuals, d_y):
+    x, kernel = residuals
+    in_size = math.prod(kernel.shape[:n_in])
+    x2, kernel2 = x.reshape(-1, in_size), kernel.reshape(in_size, -1)
+    d_y2 = d_y.reshape(x2.shape[0], kernel2.shape[1])
+    d_x = jnp.einsum("no,io->ni", d_y2, kernel2, preferred_element_type=jnp.float32).astype(x.dtype)
+    d_kernel = jnp.einsum("ni,no->io", x2, d_y2, preferred_element_type=jnp.float32).astype(kernel.dtype)
+    return d_x.reshape(x.shape), d_kernel.reshape(kernel.shape)
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
 class Projection(nnx.Module):
     """A bias-free linear map from trailing dims `in_shape` to `out_shape`, optionally with LoRA.
 
@@ -90,12 +117,38 @@ class Projection(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_shape)
         x = x.astype(self.dtype)
-        y = jnp.tensordot(x, self.kernel[...].astype(self.dtype), axes=n_in)
+        y = project(x, self.kernel[...].astype(self.dtype), n_in)
         if self.lora_a is not None:
             low = jnp.tensordot(x, self.lora_a[...].astype(self.dtype), axes=n_in)
             y = y + self.lora_scaling * jnp.tensordot(low, self.lora_b[...].astype(self.dtype), axes=1)
         # Batch over data x fsdp, the output's model dims as the weights split them (under a mesh).
         return constrain(y, ("batch",) + (None,) * (x.ndim - n_in - 1) + self.out_axes)
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+@jax.custom_vjp
+def gated_gelu(hidden: jax.Array) -> jax.Array:
+    """gelu(gate) * up for hidden [..., 2, d_ff] = (gate, up); autodiff's gradient, written out so
+    that the gradient of hidden is one stack of the two halves: autodiff's (a pad of each half
+    and their sum, which XLA:CPU then transposes) cost ~10% of the CPU train step."""
+    return _gelu(hidden[..., 0, :]) * hidden[..., 1, :]
+
+
+def _gated_gelu_fwd(hidden):
+    return gated_gelu(hidden), hidden
+
+
+def _gated_gelu_bwd(hidden, d_out):
+    gate, up = hidden[..., 0, :], hidden[..., 1, :]
+    activation, gelu_vjp = jax.vjp(_gelu, gate)
+    (d_gate,) = gelu_vjp(d_out * up)
+    return (jnp.stack([d_gate, d_out * activation], axis=-2),)
+
+
+gated_gelu.defvjp(_gated_gelu_fwd, _gated_gelu_bwd)
 
 
 class GatedGeluMLP(nnx.Module):
@@ -115,6 +168,4 @@ class GatedGeluMLP(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        hidden = self.wi(x)
-        gate, up = hidden[..., 0, :], hidden[..., 1, :]
-        return self.wo(jax.nn.gelu(gate, approximate=True) * up)
+        return self.wo(gated_gelu(self.wi(x)))

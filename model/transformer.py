@@ -12,6 +12,7 @@ from model.compute import REFERENCE, ComputeConfig
 from model.config import ModelConfig
 from model.layers import GatedGeluMLP, RMSNorm, truncated_normal
 from model.lora import LoRAConfig
+from model.loss import projected_cross_entropy_sums
 from model.prompt import sample_vocab_rows
 from model.sharding import constrain
 from model.variables import PromptParam, make_param
@@ -148,6 +149,16 @@ class Transformer(nnx.Module):
         kernel = self.output_kernel[...].astype(x.dtype)
         out = jnp.einsum("...d,dv->...v", x, kernel, preferred_element_type=jnp.float32)
         return constrain(out, _logits_axes(x.ndim))
+
+    def cross_entropy_sums(self, hidden: jax.Array, targets: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
+        """model.loss.cross_entropy_sums(self.logits(hidden), targets, weights) (the same values and
+        gradients) without keeping the float32 logits for the backward pass: see
+        model.loss.projected_cross_entropy_sums."""
+        x = self.final_norm(hidden)
+        if self.output_kernel is None:
+            return projected_cross_entropy_sums(x, self.embedding[...], targets, weights,
+                                                1.0 / math.sqrt(self.config.d_model))
+        return projected_cross_entropy_sums(x, self.output_kernel[...].T, targets, weights, 1.0)
 
     def _check_tokens(self, input_tokens) -> jax.Array:
         input_tokens = jnp.asarray(input_tokens)

@@ -12,6 +12,7 @@ from flax import nnx
 from model.attention import attend
 from model.compute import ComputeConfig
 from model.functional import apply_model, model_loss, split_params
+from model.loss import cross_entropy_sums, loss_from_sums
 from model.transformer import stack_layer_params, unstack_layer_params
 from train.synthetic import synthetic_batch
 
@@ -65,6 +66,29 @@ def test_feature_keeps_loss_and_gradients(name, model, small_model):
     assert np.isfinite(float(loss)) and float(loss) > 1.0
     np.testing.assert_allclose(float(loss_f), float(loss), rtol=1e-5)
     _assert_close(grads_f, grads)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _autodiff_of_logits(graphdef, params, rest, batch):
+    """The loss as autodiff sees it written out: logits, then model.loss on them."""
+    def loss(p):
+        logits = apply_model(graphdef, p, rest, batch, deterministic=True)
+        sums = cross_entropy_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+        return loss_from_sums(sums, z_loss=1e-2)[0]
+    return jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize("model", ["tied", "untied", "gqa+prompt"])
+def test_written_out_backward_pass_matches_autodiff(model, small_model):
+    """model_loss's whole-sequence loss (projected_cross_entropy_sums, a hand-written backward pass)
+    gives autodiff's loss and gradients, z-loss included, tied or untied output projection."""
+    kwargs = {"tied": {}, "untied": dict(tie_embeddings=False), "gqa+prompt": MODELS["gqa+prompt"]}[model]
+    graphdef, params, rest = _split(small_model(**kwargs))
+    batch = _batch()
+    loss, grads = _autodiff_of_logits(graphdef, params, rest, batch)
+    loss_w, grads_w = _loss_and_grads(graphdef, params, rest, batch, ComputeConfig())
+    np.testing.assert_allclose(float(loss_w), float(loss), rtol=1e-5)
+    _assert_close(grads_w, grads)
 
 
 @pytest.mark.parametrize("compute", [ComputeConfig(), FEATURES["all at once"]], ids=["reference", "features"])
