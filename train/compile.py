@@ -30,6 +30,7 @@ from jax.experimental import topologies
 from data.rows import empty_rows
 from model.config import ModelConfig
 from model.methods import MethodSpec, model_factory
+from model.sharding import data_ways
 from model.sizes import count_params
 from train.gin_setup import add_gin_flags, parse_gin
 from train.hlo_flops import matmul_flops
@@ -131,7 +132,7 @@ def compile_job(model: ModelConfig, config: TrainConfig, target: Target, spec: M
     step = jax.ShapeDtypeStruct((), jax.numpy.int32, sharding=replicated(mesh))
     counts = count_params(model)
     tokens = config.batch_size * config.seq_len
-    ways = config.batch_size // math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    ways = config.batch_size // data_ways(mesh)
     report: dict[str, Any] = {
         "topology": target.name, "chips": target.chips, "mesh": dict(mesh.shape),
         "device_kind": mesh.devices.flat[0].device_kind, "model": model.name, "params": counts["total"],

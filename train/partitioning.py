@@ -9,7 +9,6 @@ Regex rules over parameter paths override the logical rules (big_vision style).
 from __future__ import annotations
 
 import logging
-import math
 import re
 from typing import Any, Iterable, Sequence
 
@@ -64,11 +63,6 @@ def slice_topology(topology: str | None = None) -> str | None:
     """The slice a job is sized for (e.g. "v5p:4x4x4", bound in its gin file next to its mesh):
     what `python -m train.compile` compiles the job for when given no --topology."""
     return topology
-
-
-def batch_axis_size(mesh: Mesh) -> int:
-    """Number of ways the batch is split (data x fsdp)."""
-    return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

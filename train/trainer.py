@@ -21,12 +21,12 @@ from checkpoints.store import CheckpointStore
 from eval.scoring import likelihood_of_batches
 from model.compute import ComputeConfig
 from model.functional import PRNG_IMPLS
+from model.sharding import data_ways
 from train import state as state_lib
 from train.loop import run_steps
 from train.metrics import MetricsWriter, measure_matmul_peak
 from train.optimizer import (learning_rate_in_state, learning_rate_schedule, make_optimizer,
                              schedule_in_state_optimizer)
-from train.partitioning import batch_axis_size
 from train.step import jit_eval_step, jit_train_step, make_train_step, shard_batch
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.{error}") from None
         if isinstance(self.microbatches, bool) or not isinstance(self.microbatches, int) or self.microbatches < 1:
             raise ValueError(f"TrainConfig.microbatches must be a positive int, got {self.microbatches!r}")
-        ways = batch_axis_size(mesh)
+        ways = data_ways(mesh)
         if self.batch_size % (ways * self.microbatches):
             raise ValueError(
                 f"TrainConfig.batch_size={self.batch_size} is not divisible by the data axes "

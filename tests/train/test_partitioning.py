@@ -3,7 +3,8 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from train.partitioning import batch_axis_size, make_mesh, spec_for
+from model.sharding import data_ways
+from train.partitioning import make_mesh, spec_for
 
 
 def test_mesh_must_match_device_count():
@@ -12,7 +13,7 @@ def test_mesh_must_match_device_count():
         make_mesh(data=3)
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
-    assert batch_axis_size(mesh) == 4
+    assert data_ways(mesh) == 4
     assert make_mesh(devices=jax.devices()[:1]).size == 1
 
 
