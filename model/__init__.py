@@ -1,4 +1,8 @@
 """ftscale model: a Flax NNX decoder-only MQA/GQA transformer with LoRA, soft prompts and KV-cache decoding."""
+from model.host_memory import keep_freed_memory
+
+keep_freed_memory()  # before JAX starts its CPU client: see model/host_memory.py
+
 from model.config import ModelConfig
 from model.lora import LoRAConfig, merge_lora
 from model.transformer import Transformer

@@ -32,6 +32,21 @@ def test_grouped_attention_matches_reference(num_heads, num_kv_heads, small_conf
     )
 
 
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 1), (8, 2)])
+def test_grouped_attention_gradients_match_reference(num_heads, num_kv_heads):
+    """One K/V head takes its own batched-matmul path: its gradients are the reference's too."""
+    rng = np.random.default_rng(1)
+    q, k, v, cotangent = (jnp.asarray(rng.normal(size=(2, 5, h, 8)), jnp.float32)
+                          for h in (num_heads, num_kv_heads, num_kv_heads, num_heads))
+    mask = jnp.asarray(np.tril(np.ones((5, 5), bool)) | (rng.random((2, 5, 5)) < 0.3))
+
+    def gradients(attention):
+        return jax.jit(jax.grad(lambda q, k, v: jnp.vdot(attention(q, k, v, mask), cotangent), (0, 1, 2)))(q, k, v)
+
+    for ours, expected in zip(gradients(grouped_attention), gradients(reference_mha), strict=True):
+        np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("num_kv_heads", [1, 2])
 def test_attention_module_equals_mha_with_repeated_kv_kernel(num_kv_heads, small_config):
     """An MQA/GQA layer equals an MHA layer whose K/V kernels repeat the shared heads (head h uses kv head h // G)."""
