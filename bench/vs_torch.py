@@ -3,7 +3,7 @@ timed side by side: per size, alternating rounds of ours / torch eager / torch c
 order rotates each round) with the float32 2048^3 matmul peak measured in every round.
 
   python bench/vs_torch.py --peer /path/torch_decoder.py [--torch_python /path/venv/bin/python]
-      [--sizes xs s m l] [--rounds 3] [--steps 5] [--batch_size 32] [--seq_len 128] [--json OUT]
+      [--sizes xs s m l] [--rounds 3] [--steps 5] [--warmup_s 20] [--batch_size 32] [--seq_len 128] [--json OUT]
       [--attention einsum|blockwise|dot_product] [--remat ...] [--loss_chunk N]
 
 Ours is the trainer's step (train.trainer.build_train_step: Adafactor, the default compute
@@ -123,6 +123,10 @@ def bench_size(name: str, args, compute: dict, with_peer: bool) -> dict:
         print(f"  {name:>3} torch {peer.info['torch']}, {peer.info['threads']} threads, {peer.info['params']:,} params "
               f"(ours {ours.params:,}); warm-up incl. compile {peer.info['warm_s']['compiled']:.0f} s", flush=True)
     kinds = ["ours"] + (["eager", "compiled"] if peer else [])
+    for kind in kinds:  # untimed steps until each side runs at its steady speed
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.warmup_s:
+            ours.run(1) if kind == "ours" else peer.run(kind, 1)
     rounds = []
     try:
         for r in range(args.rounds):
@@ -170,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remat", default="none")
     parser.add_argument("--attention", default="einsum")
     parser.add_argument("--loss_chunk", type=int, default=0)
+    parser.add_argument("--warmup_s", type=float, default=20.0,
+                        help="untimed steps of each side for this long first: on this VM the torch peer's "
+                             "steps slowed from 0.7 to 4.8 s and back within its first ~25 s (size m)")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     compute = dict(remat=args.remat, attention=args.attention, loss_chunk=args.loss_chunk)
