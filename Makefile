@@ -21,10 +21,12 @@ demo: $(STAMP)
 	$(PY) -m study --gin_file=gin_configs/studies/demo.gin --workdir=runs/demo
 	@echo "demo report: runs/demo/report/report.md (results: runs/demo/report/results.csv)"
 
-# `make test`: everything but the tests marked slow (well under 15 minutes on 2 cores);
-# `make test-slow`: those (end-to-end jobs, SIGKILL resume, corpus rebuild); CI runs both.
+# `make test`: everything but the tests marked slow (about 10 minutes on 2 cores), in two
+# workers: most tests are bound by XLA's compiles, which use one core (a test file stays on one
+# worker, so its module fixtures are built once). `make test-slow`: those (end-to-end jobs,
+# SIGKILL resume, corpus rebuild); CI runs both.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
