@@ -1,11 +1,11 @@
 """Keep freed host memory in the process on CPU-only machines, so XLA:CPU's buffers are reused.
 
 Every execution of a jitted step asks the allocator for its outputs and temporaries: on CPU
-these are hundreds of MB (float32 logits and attention scores). glibc serves any request above
-32 MB from the worker thread's arena with a fresh mmap and unmaps it on free, so every step
-page-faults all of it in again: one 134 MB buffer costs 43 ms to write fresh against 17 ms
-reused (4096 x 8192 float32 `x * 2`), and the train step of size l is 8% faster without it
-(bench/train_throughput.py). One arena, no mmap and no trimming keep that memory for the next
+these are hundreds of MB (float32 logits and attention scores). glibc serves large requests
+(above its mmap threshold, at most 32 MB) with a fresh mmap and unmaps it on free, so every
+step page-faults all of it in again: one 134 MB buffer costs 43 ms to write fresh against 17 ms
+reused (4096 x 8192 float32 `x * 2`), and the train step is 8% (size l) to 14% (size m) faster
+when the memory is kept (bench/train_throughput.py). One arena, no mmap and no trimming keep that memory for the next
 step; the price is a resident size that stays at the job's high-water mark.
 
 arena_max only applies to threads that have not allocated yet, so this has to run before JAX
