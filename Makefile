@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile tests
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -m slow -n 2 tests
 
 clean:
 	rm -rf $(VENV) runs
