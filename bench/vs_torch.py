@@ -3,8 +3,8 @@ timed side by side: per size, alternating rounds of ours / torch eager / torch c
 order rotates each round) with the float32 2048^3 matmul peak measured in every round.
 
   python bench/vs_torch.py --peer /path/torch_decoder.py [--torch_python /path/venv/bin/python]
-      [--sizes xs s m l] [--rounds 3] [--steps 5] [--warmup_s 20] [--batch_size 32] [--seq_len 128] [--json OUT]
-      [--attention einsum|blockwise|dot_product] [--remat ...] [--loss_chunk N]
+      [--sizes xs s m l] [--rounds 3] [--steps 5] [--warmup_s 20] [--batch_size 32] [--seq_len 128]
+      [--json OUT] [--attention einsum|blockwise|dot_product] [--remat ...] [--loss_chunk N]
 
 Ours is the trainer's step (train.trainer.build_train_step: Adafactor, the default compute
 options unless flags say otherwise) on synthetic packed prefix-LM batches; the peer is any file
@@ -16,7 +16,8 @@ imported, the torch columns are skipped with a message and ours is timed alone.
 
 Prints, per size and round, tokens/s of each, then the median over rounds, the ratios
 ours / eager and ours / compiled, the same-run matmul peak (best of the rounds) and our MFU
-(PaLM model FLOPs / the peak of the same round, median over rounds). The machine is shared: every row carries the load average.
+(PaLM model FLOPs / the peak of the same round, median over rounds). The machine is shared:
+every row carries the load average.
 """
 from __future__ import annotations
 
@@ -123,17 +124,20 @@ def bench_size(name: str, args, compute: dict, with_peer: bool) -> dict:
         print(f"  {name:>3} torch {peer.info['torch']}, {peer.info['threads']} threads, {peer.info['params']:,} params "
               f"(ours {ours.params:,}); warm-up incl. compile {peer.info['warm_s']['compiled']:.0f} s", flush=True)
     kinds = ["ours"] + (["eager", "compiled"] if peer else [])
+
+    def run(kind: str, count: int) -> list[float]:
+        return ours.run(count) if kind == "ours" else peer.run(kind, count)
+
     for kind in kinds:  # untimed steps until each side runs at its steady speed
         start = time.perf_counter()
         while time.perf_counter() - start < args.warmup_s:
-            ours.run(1) if kind == "ours" else peer.run(kind, 1)
+            run(kind, 1)
     rounds = []
     try:
         for r in range(args.rounds):
             row = {"peak": measure_matmul_peak(size=2048, repeats=3, devices=jax.devices()[:1])}
             for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:  # rotate who goes first
-                times = ours.run(args.steps) if kind == "ours" else peer.run(kind, args.steps)
-                row[kind] = tokens / float(np.median(times))
+                row[kind] = tokens / float(np.median(run(kind, args.steps)))
             row["load"] = os.getloadavg()[0]
             rounds.append(row)
             cells = "  ".join(f"{k} {row[k]:>7,.0f}" for k in kinds)
