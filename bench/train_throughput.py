@@ -2,7 +2,7 @@
 
   python bench/train_throughput.py [--sizes xs s m l] [--batch_size 32] [--seq_len 128]
       [--steps 10] [--profile_dir DIR] [--json OUT]
-      [--scan_layers] [--remat none|full|save_matmuls] [--attention einsum|blockwise|dot_product]
+      [--scan_layers] [--remat none|full|save_matmuls] [--attention auto|einsum|blockwise|dot_product|fused_cpu]
       [--attention_block N] [--loss_chunk N] [--microbatches N]
 
 The step is the trainer's (train.trainer.build_train_step); the last six flags switch on the
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     parser.add_argument("--scan_layers", action="store_true")
     parser.add_argument("--remat", default="none")
-    parser.add_argument("--attention", default="einsum")
+    parser.add_argument("--attention", default="auto")
     parser.add_argument("--attention_block", type=int, default=512)
     parser.add_argument("--loss_chunk", type=int, default=0)
     parser.add_argument("--microbatches", type=int, default=1)

@@ -4,7 +4,7 @@ order rotates each round) with the float32 2048^3 matmul peak measured in every 
 
   python bench/vs_torch.py --peer /path/torch_decoder.py [--torch_python /path/venv/bin/python]
       [--sizes xs s m l] [--rounds 3] [--steps 5] [--warmup_s 20] [--batch_size 32] [--seq_len 128]
-      [--json OUT] [--attention einsum|blockwise|dot_product] [--remat ...] [--loss_chunk N]
+      [--json OUT] [--attention auto|einsum|blockwise|dot_product|fused_cpu] [--remat ...] [--loss_chunk N]
 
 Ours is the trainer's step (train.trainer.build_train_step: Adafactor, the default compute
 options unless flags say otherwise) on synthetic packed prefix-LM batches; the peer is any file
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--vocab_size", type=int, default=8192)
     parser.add_argument("--remat", default="none")
-    parser.add_argument("--attention", default="einsum")
+    parser.add_argument("--attention", default="auto")
     parser.add_argument("--loss_chunk", type=int, default=0)
     parser.add_argument("--warmup_s", type=float, default=20.0,
                         help="untimed steps of each side for this long first: on this VM the torch peer's "

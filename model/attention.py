@@ -10,6 +10,7 @@ from flax import nnx
 
 from model.compute import REFERENCE, ComputeConfig
 from model.config import ModelConfig
+from model.kernels import mqa_attention
 from model.layers import Projection, apply_rope
 from model.lora import LoRAConfig
 
@@ -136,6 +137,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask | jax.A
         raise ValueError(f"attention={compute.attention!r} needs AttentionMask(..., dense=True)")
     if compute.attention == "dot_product":
         return jax.nn.dot_product_attention(q, k, v, mask=dense[:, None], scale=1.0)
+    if compute.attention == "auto":
+        raise ValueError("attention='auto' is decided for the devices first: ComputeConfig.for_devices")
+    if compute.attention == "fused_cpu" and mqa_attention.supports(q, k, v, dense):
+        return mqa_attention.mqa_attention(q, k[:, :, 0], v[:, :, 0], dense)
     return grouped_attention(q, k, v, dense)
 
 

@@ -7,6 +7,8 @@ model's structure, and are not recorded with checkpoints. A resumed run may chan
 from __future__ import annotations
 
 import dataclasses
+import logging
+from typing import Sequence
 
 import jax
 
@@ -22,7 +24,9 @@ REMAT_POLICIES = {
 # "einsum": the reference; builds float32 [B, heads, T, S] scores. "blockwise": one block of
 # queries at a time, each recomputed in the backward pass, so scores exist for one block only.
 # "dot_product": jax.nn.dot_product_attention (cuDNN's fused kernel on GPU, XLA elsewhere).
-ATTENTION_IMPLS = ("einsum", "blockwise", "dot_product")
+# "fused_cpu": model.kernels.mqa_attention, a fused C++ kernel for float32 MQA on CPU (einsum for
+# other heads or dtypes). "auto": decided by for_devices: fused_cpu on one CPU device, else einsum.
+ATTENTION_IMPLS = ("auto", "einsum", "blockwise", "dot_product", "fused_cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,27 @@ class ComputeConfig:
             minimum = 1 if name == "attention_block" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+    def for_devices(self, devices: Sequence[jax.Device]) -> "ComputeConfig":
+        """This config for a step on `devices`, "auto" attention decided: the fused CPU kernel on
+        one CPU device where it builds (else einsum, with a warning saying why not); einsum on
+        more devices (the kernel is not partitioned: XLA would gather its operands) or others."""
+        platforms = {device.platform for device in devices}
+        if self.attention == "fused_cpu" and platforms != {"cpu"}:
+            raise ValueError(f"attention='fused_cpu' runs on CPU devices only, not {sorted(platforms)}; "
+                             f"valid there: {[a for a in ATTENTION_IMPLS if a != 'fused_cpu']}")
+        if self.attention != "auto":
+            return self
+        attention = "einsum"
+        if platforms == {"cpu"} and len(devices) == 1:
+            from model.kernels import mqa_attention
+
+            reason = mqa_attention.unavailable_reason()
+            if reason is None:
+                attention = "fused_cpu"
+            else:
+                logging.warning("attention='auto' uses einsum: the fused CPU kernel is unavailable: %s", reason)
+        return dataclasses.replace(self, attention=attention)
 
     def checkpointed(self, fn, *, prevent_cse: bool = True):
         """`fn` (a pure function of arrays) under this remat policy; unchanged for "none"."""

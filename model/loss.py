@@ -47,9 +47,12 @@ def _logits_axes(ndim: int) -> tuple[str | None, ...]:
 
 
 def _projected_sums(hidden, table, targets, weights, scale):
-    raw = jnp.einsum("...d,vd->...v", hidden, table.astype(hidden.dtype), preferred_element_type=jnp.float32)
-    raw = constrain(raw, _logits_axes(raw.ndim))
-    return cross_entropy_sums(raw * scale, targets, weights), raw
+    # Scaling the [tokens, d] hidden states rather than the [tokens, vocab] logits: one pass
+    # over the logits less (XLA:CPU wrote the scaled logits out for the max and the sum).
+    scaled = hidden * jnp.asarray(scale, hidden.dtype)
+    logits = jnp.einsum("...d,vd->...v", scaled, table.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    logits = constrain(logits, _logits_axes(logits.ndim))
+    return cross_entropy_sums(logits, targets, weights), scaled, logits
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -61,43 +64,43 @@ def projected_cross_entropy_sums(hidden: jax.Array, table: jax.Array, targets: j
     Same values and gradients as autodiff of that expression; the backward pass is written out
     because XLA:CPU makes a poor program of autodiff's: it keeps the scaled logits, scatters the
     target one-hots into a full [tokens, vocab] tensor and transposes the [tokens, vocab] logit
-    gradient for the table's gradient. Here the raw logits are the only [tokens, vocab]
-    residual, one fused pass turns them into the softmax part of the gradient, the target part
-    is a gather / scatter of [tokens, d] rows, and the table's gradient transposes the small
+    gradient for the table's gradient. Here the logits are the only [tokens, vocab] residual,
+    one fused pass turns them into the softmax part of the gradient, the target part is a
+    gather / scatter of [tokens, d] rows, and the table's gradient transposes the small
     [tokens, d] hidden states instead of the logit gradient.
     """
     return _projected_sums(hidden, table, targets, weights, scale)[0]
 
 
 def _projected_fwd(hidden, table, targets, weights, scale):
-    sums, raw = _projected_sums(hidden, table, targets, weights, scale)
-    log_z = jax.nn.logsumexp(raw * scale, axis=-1)  # CSE'd with the one in `sums`
-    return sums, (hidden, table, targets, weights, raw, log_z)
+    sums, scaled, logits = _projected_sums(hidden, table, targets, weights, scale)
+    log_z = jax.nn.logsumexp(logits, axis=-1)  # CSE'd with the one in `sums`
+    return sums, (scaled, table, targets, weights, logits, log_z)
 
 
 def _projected_bwd(scale, residuals, cotangents):
-    hidden, table, targets, weights, raw, log_z = residuals
+    scaled, table, targets, weights, logits, log_z = residuals
     g_ce, g_z = cotangents["cross_entropy"], cotangents["log_z_squared"]
     weights = weights.astype(jnp.float32)
-    # d(sums)/d(logits) = w * [g_ce * (softmax - onehot(target)) + g_z * 2 log_z * softmax], times
-    # `scale` for the raw logits: a per-row factor on the softmax minus the target's one-hot.
-    row = weights * (g_ce + 2.0 * g_z * log_z) * scale
-    target_row = weights * g_ce * scale
-    dtype = hidden.dtype
-    d_raw = (jnp.exp(raw * scale - log_z[..., None]) * row[..., None]).astype(dtype)
-    d_raw = constrain(d_raw, _logits_axes(d_raw.ndim))
+    # d(sums)/d(logits) = w * [g_ce * (softmax - onehot(target)) + g_z * 2 log_z * softmax]: a
+    # per-row factor on the softmax minus the target's one-hot.
+    row = weights * (g_ce + 2.0 * g_z * log_z)
+    target_row = weights * g_ce
+    dtype = scaled.dtype
+    d_logits = (jnp.exp(logits - log_z[..., None]) * row[..., None]).astype(dtype)
+    d_logits = constrain(d_logits, _logits_axes(d_logits.ndim))
     table_c = table.astype(dtype)
     target_rows = jnp.take(table_c, targets.astype(jnp.int32), axis=0)  # [..., d]
-    d_hidden = jnp.einsum("...v,vd->...d", d_raw, table_c, preferred_element_type=jnp.float32)
-    d_hidden = d_hidden - (target_row[..., None] * target_rows.astype(jnp.float32))
-    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    d_scaled = jnp.einsum("...v,vd->...d", d_logits, table_c, preferred_element_type=jnp.float32)
+    d_scaled = d_scaled - (target_row[..., None] * target_rows.astype(jnp.float32))
+    flat_scaled = scaled.reshape(-1, scaled.shape[-1])
     # [d, tokens] @ [tokens, vocab]: transpose the small operand (the barrier keeps XLA from
     # folding the transpose back into a dot that transposes the [tokens, vocab] one).
-    hidden_t = jax.lax.optimization_barrier(flat_hidden.T)
-    d_table = jnp.dot(hidden_t, d_raw.reshape(-1, d_raw.shape[-1]), preferred_element_type=jnp.float32).T
+    scaled_t = jax.lax.optimization_barrier(flat_scaled.T)
+    d_table = jnp.dot(scaled_t, d_logits.reshape(-1, d_logits.shape[-1]), preferred_element_type=jnp.float32).T
     d_table = d_table.at[targets.reshape(-1).astype(jnp.int32)].add(
-        -(target_row.reshape(-1, 1) * flat_hidden.astype(jnp.float32)))
-    return d_hidden.astype(hidden.dtype), d_table.astype(table.dtype), None, None
+        -(target_row.reshape(-1, 1) * flat_scaled.astype(jnp.float32)))
+    return (d_scaled * scale).astype(scaled.dtype), d_table.astype(table.dtype), None, None
 
 
 projected_cross_entropy_sums.defvjp(_projected_fwd, _projected_bwd)

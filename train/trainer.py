@@ -67,7 +67,7 @@ class TrainConfig:
     prng_impl: str = "threefry2x32"           # init / dropout keys; "rbg" compiles faster on CPU
     # How the step computes, never what (model.compute; a resumed run may change them):
     remat: str = "none"                       # per layer: none / full / save_matmuls
-    attention: str = "einsum"                 # einsum (reference) / blockwise / dot_product
+    attention: str = "auto"                   # auto (fused_cpu on one CPU device, else einsum) / einsum / blockwise / dot_product / fused_cpu
     attention_block: int = 512                # query rows per block (blockwise)
     loss_chunk: int = 0                       # cross-entropy over chunks of this many positions (0: whole)
     microbatches: int = 1                     # gradient accumulation: one update per global batch
@@ -173,7 +173,8 @@ def build_train_step(config: TrainConfig, model_factory: Callable, mesh: Mesh, *
         learning_rate = lambda opt_state, step: schedule(step)  # noqa: E731
     parts = state_lib.plan(model_factory, optimizer, mesh, config.seed, config.prng_impl, method)
     step = make_train_step(parts.graphdef, optimizer, learning_rate=learning_rate, z_loss=config.z_loss,
-                           dropout=dropout, seed=config.seed, prng_impl=config.prng_impl, compute=config.compute,
+                           dropout=dropout, seed=config.seed, prng_impl=config.prng_impl,
+                           compute=config.compute.for_devices(list(mesh.devices.flat)),
                            microbatches=config.microbatches, mesh=mesh)
     return TrainProgram(schedule, optimizer, parts, jit_train_step(step, parts.state_shardings,
                                                                    parts.rest_shardings, mesh))

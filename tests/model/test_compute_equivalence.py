@@ -22,6 +22,7 @@ FEATURES = {
     "remat save_matmuls": ComputeConfig(remat="save_matmuls"),
     "blockwise attention": ComputeConfig(attention="blockwise", attention_block=12),  # 40 rows: a partial block
     "dot_product attention": ComputeConfig(attention="dot_product"),
+    "fused_cpu attention": ComputeConfig(attention="fused_cpu"),  # the C++ kernel for MQA; einsum for GQA
     "loss chunks": ComputeConfig(loss_chunk=16),  # 40 positions: a partial last chunk
     "all at once": ComputeConfig(remat="full", attention="blockwise", attention_block=16, loss_chunk=8),
 }
@@ -52,8 +53,9 @@ def _assert_close(a, b):
 
 
 CASES = [(name, "mqa") for name in FEATURES] + [
-    (name, "gqa+prompt") for name in ("blockwise attention", "dot_product attention", "all at once")]
-MODELS = {"mqa": dict(), "gqa+prompt": dict(num_kv_heads=2, prompt_length=3)}
+    (name, "gqa+prompt") for name in ("blockwise attention", "dot_product attention", "fused_cpu attention",
+                                      "all at once")] + [("fused_cpu attention", "mqa+prompt")]
+MODELS = {"mqa": dict(), "gqa+prompt": dict(num_kv_heads=2, prompt_length=3), "mqa+prompt": dict(prompt_length=3)}
 
 
 @pytest.mark.parametrize("name,model", CASES)
