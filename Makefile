@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[train,test,tpu]'
+	$(PY) -m model.kernels.build
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -69,4 +69,7 @@ def load(name: str) -> ctypes.CDLL:
 if __name__ == "__main__":  # `python -m model.kernels.build`: build every kernel now (make install)
     for file in sorted(os.listdir(SOURCE_DIR)):
         if file.endswith(".cc"):
-            print(f"{file}: {load(file[:-3])._name}")
+            try:
+                print(f"{file}: {load(file[:-3])._name}")
+            except KernelUnavailable as error:  # the jobs run without it (attention='auto' says so)
+                print(f"{file}: not built, the XLA path is used instead: {error}")
