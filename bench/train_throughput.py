@@ -3,7 +3,7 @@
   python bench/train_throughput.py [--sizes xs s m l] [--batch_size 32] [--seq_len 128]
       [--steps 10] [--profile_dir DIR] [--json OUT]
       [--scan_layers] [--remat none|full|save_matmuls] [--attention auto|einsum|blockwise|dot_product|fused_cpu]
-      [--attention_block N] [--loss_chunk N] [--microbatches N]
+      [--attention_block N] [--loss_chunk N] [--loss_positions auto|all|weighted] [--microbatches N]
 
 The step is the trainer's (train.trainer.build_train_step); the last six flags switch on the
 scale features (model.compute), so their CPU cost can be compared with the default path.
@@ -107,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--attention_block", type=int, default=512)
     parser.add_argument("--loss_chunk", type=int, default=0)
+    parser.add_argument("--loss_positions", default="auto", help="auto / all / weighted (model.compute)")
     parser.add_argument("--microbatches", type=int, default=1)
     args = parser.parse_args(argv)
     features = dict(scan_layers=args.scan_layers, remat=args.remat, attention=args.attention,
-                    attention_block=args.attention_block, loss_chunk=args.loss_chunk, microbatches=args.microbatches)
+                    attention_block=args.attention_block, loss_chunk=args.loss_chunk, microbatches=args.microbatches,
+                    loss_positions=args.loss_positions)
     print(f"devices: {jax.devices()}  load average: {os.getloadavg()}  features: {features}")
     rows = []
     header = (f"{'size':>4} {'params':>10} {'step s':>8} {'tokens/s':>10} {'GFLOP/s':>8} {'peak':>8} "

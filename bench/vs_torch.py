@@ -4,7 +4,7 @@ order rotates each round) with the float32 2048^3 matmul peak measured in every 
 
   python bench/vs_torch.py --peer /path/torch_decoder.py [--torch_python /path/venv/bin/python]
       [--sizes xs s m l] [--rounds 3] [--steps 5] [--warmup_s 20] [--batch_size 32] [--seq_len 128]
-      [--json OUT] [--attention auto|einsum|blockwise|dot_product|fused_cpu] [--remat ...] [--loss_chunk N]
+      [--json OUT] [--attention auto|einsum|blockwise|dot_product|fused_cpu] [--remat ...] [--loss_chunk N] [--loss_positions auto|all|weighted]
 
 Ours is the trainer's step (train.trainer.build_train_step: Adafactor, the default compute
 options unless flags say otherwise) on synthetic packed prefix-LM batches; the peer is any file
@@ -178,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remat", default="none")
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--loss_chunk", type=int, default=0)
+    parser.add_argument("--loss_positions", default="auto", help="auto / all / weighted (model.compute)")
     parser.add_argument("--warmup_s", type=float, default=20.0,
                         help="untimed steps of each side for this long first: on this VM the torch peer's "
                              "steps slowed from 0.7 to 4.8 s and back within its first ~25 s (size m)")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    compute = dict(remat=args.remat, attention=args.attention, loss_chunk=args.loss_chunk)
+    compute = dict(remat=args.remat, attention=args.attention, loss_chunk=args.loss_chunk,
+                   loss_positions=args.loss_positions)
     why_not = "no --peer given" if args.peer is None else torch_available(args.torch_python)
     if args.peer is not None and not os.path.isfile(args.peer):
         why_not = f"--peer {args.peer} is not a file"

@@ -74,7 +74,7 @@ def model_loss(graphdef: nnx.GraphDef, params: dict, rest: nnx.State, batch: dic
     hidden = model.hidden_states(batch["decoder_input_tokens"], **_inputs(batch), deterministic=deterministic,
                                  compute=compute)
     if not compute.loss_chunk:
-        sums = model.cross_entropy_sums(hidden, targets, weights)
+        sums = model.cross_entropy_sums(hidden, targets, weights, compute.loss_positions)
     else:
         sums = chunked_cross_entropy_sums(hidden, model.logits, targets, weights, compute.loss_chunk)
     return loss_from_sums(sums, z_loss, normaliser)

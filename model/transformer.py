@@ -12,7 +12,7 @@ from model.compute import REFERENCE, ComputeConfig
 from model.config import ModelConfig
 from model.layers import GatedGeluMLP, RMSNorm, truncated_normal
 from model.lora import LoRAConfig
-from model.loss import projected_cross_entropy_sums
+from model.loss import projected_cross_entropy_sums, weighted_cross_entropy_sums
 from model.prompt import sample_vocab_rows
 from model.sharding import constrain
 from model.variables import PromptParam, make_param
@@ -150,15 +150,19 @@ class Transformer(nnx.Module):
         out = jnp.einsum("...d,dv->...v", x, kernel, preferred_element_type=jnp.float32)
         return constrain(out, _logits_axes(x.ndim))
 
-    def cross_entropy_sums(self, hidden: jax.Array, targets: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
+    def cross_entropy_sums(self, hidden: jax.Array, targets: jax.Array, weights: jax.Array,
+                           positions: str = "all") -> dict[str, jax.Array]:
         """model.loss.cross_entropy_sums(self.logits(hidden), targets, weights) (the same values and
-        gradients) without keeping the float32 logits for the backward pass: see
-        model.loss.projected_cross_entropy_sums."""
+        gradients) by model.loss.projected_cross_entropy_sums, or with positions="weighted" by
+        weighted_cross_entropy_sums (logits only where the weight is not zero)."""
+        if positions not in ("all", "weighted"):
+            raise ValueError(f"positions={positions!r}; valid: 'all', 'weighted' "
+                             f"(ComputeConfig.for_devices decides loss_positions='auto')")
         x = self.final_norm(hidden)
+        sums = weighted_cross_entropy_sums if positions == "weighted" else projected_cross_entropy_sums
         if self.output_kernel is None:
-            return projected_cross_entropy_sums(x, self.embedding[...], targets, weights,
-                                                1.0 / math.sqrt(self.config.d_model))
-        return projected_cross_entropy_sums(x, self.output_kernel[...].T, targets, weights, 1.0)
+            return sums(x, self.embedding[...], targets, weights, 1.0 / math.sqrt(self.config.d_model))
+        return sums(x, self.output_kernel[...].T, targets, weights, 1.0)
 
     def _check_tokens(self, input_tokens) -> jax.Array:
         input_tokens = jnp.asarray(input_tokens)

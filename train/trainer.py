@@ -70,12 +70,13 @@ class TrainConfig:
     attention: str = "auto"                   # auto (fused_cpu on one CPU device, else einsum) / einsum / blockwise / dot_product / fused_cpu
     attention_block: int = 512                # query rows per block (blockwise)
     loss_chunk: int = 0                       # cross-entropy over chunks of this many positions (0: whole)
+    loss_positions: str = "auto"              # logits at: auto (weighted on one CPU device, else all) / all / weighted
     microbatches: int = 1                     # gradient accumulation: one update per global batch
 
     @property
     def compute(self) -> ComputeConfig:
         return ComputeConfig(remat=self.remat, attention=self.attention, attention_block=self.attention_block,
-                             loss_chunk=self.loss_chunk)
+                             loss_chunk=self.loss_chunk, loss_positions=self.loss_positions)
 
     @property
     def tokens_per_step(self) -> int:

@@ -24,6 +24,7 @@ FEATURES = {
     "dot_product attention": ComputeConfig(attention="dot_product"),
     "fused_cpu attention": ComputeConfig(attention="fused_cpu"),  # the C++ kernel for MQA; einsum for GQA
     "loss chunks": ComputeConfig(loss_chunk=16),  # 40 positions: a partial last chunk
+    "weighted loss positions": ComputeConfig(loss_positions="weighted"),  # logits where the weight is not 0
     "all at once": ComputeConfig(remat="full", attention="blockwise", attention_block=16, loss_chunk=8),
 }
 

@@ -1,7 +1,8 @@
 """The fused CPU attention kernel (model.kernels.mqa_attention) computes what the einsum reference
 does, forward and backward, on every mask shape the model makes (packed segments, padding
 queries with no key, prefix-LM blocks, soft prompts) and on shapes off its vector width; and
-`attention="auto"` picks it only where it applies."""
+the "auto" compute options (this kernel, the loss at weighted positions) apply only where they
+should."""
 import dataclasses
 import logging
 import re
@@ -94,6 +95,18 @@ def test_auto_attention_is_the_kernel_on_one_cpu_device_only():
     assert ComputeConfig(attention="blockwise").for_devices(jax.devices()[:1]).attention == "blockwise"
     with pytest.raises(ValueError, match=r"attention='fused_cpu' runs on CPU devices only, not \['tpu'\]"):
         ComputeConfig(attention="fused_cpu").for_devices([_Device("tpu")])
+
+
+def test_auto_loss_positions_are_the_weighted_ones_on_one_cpu_device_only():
+    auto = ComputeConfig(loss_positions="auto")
+    assert auto.for_devices(jax.devices()[:1]).loss_positions == "weighted"
+    assert auto.for_devices(jax.devices()[:2]).loss_positions == "all"  # rows would be gathered across devices
+    assert auto.for_devices([_Device("gpu")]).loss_positions == "all"
+    assert dataclasses.replace(auto, loss_chunk=32).for_devices(jax.devices()[:1]).loss_positions == "all"
+    with pytest.raises(ValueError, match=r"loss_positions='weighted' with loss_chunk=32: both bound the logits"):
+        ComputeConfig(loss_positions="weighted", loss_chunk=32)
+    with pytest.raises(ValueError, match=r"loss_positions='some'; valid: \['auto', 'all', 'weighted'\]"):
+        ComputeConfig(loss_positions="some")
 
 
 def test_auto_attention_without_the_kernel_says_why_and_uses_einsum(monkeypatch, caplog):

@@ -1,11 +1,13 @@
-"""The layers whose backward pass is written out by hand (model.layers.project, gated_gelu) give
-autodiff's gradients of the plain expression (float32, within 1e-5)."""
+"""The functions whose backward pass is written out by hand (model.layers.project, gated_gelu,
+model.loss.weighted_cross_entropy_sums) give autodiff's gradients of the plain expression
+(float32, within 1e-5)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from model.layers import gated_gelu, project
+from model.loss import cross_entropy_sums, weighted_cross_entropy_sums
 
 
 def _grads(fn, *args):
@@ -37,3 +39,31 @@ def test_gated_gelu_gradient_is_autodiffs():
     np.testing.assert_allclose(gated_gelu(hidden), plain(hidden), rtol=1e-6)
     (written,), (reference,) = _grads(gated_gelu, hidden), _grads(plain, hidden)
     np.testing.assert_allclose(written, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weighted_fraction,block", [
+    (0.4, 16),   # weighted rows over several blocks, the last one partial
+    (1.0, 512),  # every position weighted, one block for the whole (small) batch
+    (0.0, 16),   # nothing weighted: no block runs, zero sums and gradients
+])
+def test_weighted_positions_loss_is_the_whole_loss(weighted_fraction, block):
+    """Logits made only at the weighted positions (model.loss.weighted_cross_entropy_sums) give
+    the sums and gradients of logits made everywhere, z-loss term included."""
+    keys = jax.random.split(jax.random.key(3), 4)
+    hidden, table = jax.random.normal(keys[0], (3, 40, 16)), jax.random.normal(keys[1], (64, 16))
+    targets = jax.random.randint(keys[2], (3, 40), 0, 64)
+    weights = (jax.random.uniform(keys[3], (3, 40)) < weighted_fraction).astype(jnp.float32) * 1.5
+
+    def loss(sums_fn):
+        def total(h, t):
+            sums = sums_fn(h, t)
+            return sums["cross_entropy"] + 0.1 * sums["log_z_squared"], sums
+        return jax.jit(jax.value_and_grad(total, argnums=(0, 1), has_aux=True))(hidden, table)
+
+    (value, sums), grads = loss(lambda h, t: weighted_cross_entropy_sums(h, t, targets, weights, 0.25, block))
+    (expected_value, expected_sums), expected = loss(
+        lambda h, t: cross_entropy_sums(0.25 * jnp.einsum("btd,vd->btv", h, t), targets, weights))
+    for name in expected_sums:
+        np.testing.assert_allclose(sums[name], expected_sums[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    for got, want in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
