@@ -51,19 +51,26 @@ def load(name: str) -> ctypes.CDLL:
     key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), compiler.encode(),
                                      jax.ffi.include_dir().encode(), jax.__version__.encode(),
                                      _host_features().encode()])).hexdigest()[:16]
-    os.makedirs(cache_dir(), exist_ok=True)
     path = os.path.join(cache_dir(), f"{name}-{key}.so")
-    if not os.path.exists(path):
-        fd, partial = tempfile.mkstemp(suffix=".so", dir=cache_dir())
-        os.close(fd)
-        command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), os.path.join(SOURCE_DIR, f"{name}.cc"),
-                   "-o", partial]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode:
-            os.unlink(partial)
-            raise KernelUnavailable(f"building {name}.cc failed ({' '.join(command)}):\n{result.stderr[-4000:]}")
-        os.replace(partial, path)
-    return ctypes.cdll.LoadLibrary(path)
+    try:
+        if not os.path.exists(path):
+            _compile(compiler, name, path)
+        return ctypes.cdll.LoadLibrary(path)
+    except OSError as error:  # an unwritable cache, a library the loader refuses
+        raise KernelUnavailable(f"cannot build or load {path}: {error}") from None
+
+
+def _compile(compiler: str, name: str, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(fd)
+    command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), os.path.join(SOURCE_DIR, f"{name}.cc"),
+               "-o", partial]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        os.unlink(partial)
+        raise KernelUnavailable(f"building {name}.cc failed ({' '.join(command)}):\n{result.stderr[-4000:]}")
+    os.replace(partial, path)
 
 
 if __name__ == "__main__":  # `python -m model.kernels.build`: build every kernel now (make install)

@@ -25,6 +25,7 @@ def _register() -> None:
     jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(library.MqaAttentionBackward), platform="cpu")
 
 
+@functools.cache  # a failed build is not retried in every program this process builds
 def unavailable_reason() -> str | None:
     """None when the kernel is built and registered here, else why not."""
     try:

@@ -126,3 +126,11 @@ def test_kernel_build_failure_is_a_clear_error(compiler, message, monkeypatch, t
     with pytest.raises(build.KernelUnavailable, match=re.escape(message)):
         build.load.__wrapped__("mqa_attention")
     assert not any(path.suffix == ".so" for path in tmp_path.rglob("*")), "no partial library left behind"
+
+
+def test_unwritable_kernel_cache_is_a_clear_error(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(build.KernelUnavailable, match=re.escape(f"cannot build or load {blocker}")):
+        build.load.__wrapped__("mqa_attention")
