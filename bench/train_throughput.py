@@ -2,11 +2,12 @@
 
   python bench/train_throughput.py [--sizes xs s m l] [--batch_size 32] [--seq_len 128]
       [--steps 10] [--profile_dir DIR] [--json OUT]
-      [--scan_layers] [--remat none|full|save_matmuls] [--attention auto|einsum|blockwise|dot_product|fused_cpu]
-      [--attention_block N] [--loss_chunk N] [--loss_positions auto|all|weighted] [--microbatches N]
+      [--scan_layers] [--remat none|full|save_matmuls]
+      [--attention auto|einsum|blockwise|dot_product|fused_cpu] [--attention_block N]
+      [--loss_chunk N] [--loss_positions auto|all|weighted] [--microbatches N]
 
-The step is the trainer's (train.trainer.build_train_step); the last six flags switch on the
-scale features (model.compute), so their CPU cost can be compared with the default path.
+The step is the trainer's (train.trainer.build_train_step); the last seven flags switch the
+compute options (model.compute), so their CPU cost can be compared with the default path.
 
 MFU = achieved model FLOP/s (PaLM formula: 6 x matmul params + attention) / the float32
 2048^3 matmul FLOP/s measured in the same process just before and just after each size's

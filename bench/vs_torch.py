@@ -4,7 +4,8 @@ order rotates each round) with the float32 2048^3 matmul peak measured in every 
 
   python bench/vs_torch.py --peer /path/torch_decoder.py [--torch_python /path/venv/bin/python]
       [--sizes xs s m l] [--rounds 3] [--steps 5] [--warmup_s 20] [--batch_size 32] [--seq_len 128]
-      [--json OUT] [--attention auto|einsum|blockwise|dot_product|fused_cpu] [--remat ...] [--loss_chunk N] [--loss_positions auto|all|weighted]
+      [--json OUT] [--attention auto|einsum|blockwise|dot_product|fused_cpu] [--remat ...]
+      [--loss_chunk N] [--loss_positions auto|all|weighted]
 
 Ours is the trainer's step (train.trainer.build_train_step: Adafactor, the default compute
 options unless flags say otherwise) on synthetic packed prefix-LM batches; the peer is any file

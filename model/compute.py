@@ -12,6 +12,8 @@ from typing import Sequence
 
 import jax
 
+from model.kernels import mqa_attention
+
 # Rematerialisation per layer: keep every activation ("none"), keep only the layer's input
 # and recompute the rest in the backward pass ("full"), or keep the outputs of weight matmuls
 # and recompute the cheap elementwise work and the attention scores ("save_matmuls": dots
@@ -77,8 +79,6 @@ class ComputeConfig:
         if attention == "auto":
             attention = "einsum"
             if one_cpu:
-                from model.kernels import mqa_attention
-
                 reason = mqa_attention.unavailable_reason()
                 if reason is None:
                     attention = "fused_cpu"

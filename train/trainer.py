@@ -67,10 +67,11 @@ class TrainConfig:
     prng_impl: str = "threefry2x32"           # init / dropout keys; "rbg" compiles faster on CPU
     # How the step computes, never what (model.compute; a resumed run may change them):
     remat: str = "none"                       # per layer: none / full / save_matmuls
-    attention: str = "auto"                   # auto (fused_cpu on one CPU device, else einsum) / einsum / blockwise / dot_product / fused_cpu
+    attention: str = "auto"                   # auto / einsum (reference) / blockwise / dot_product / fused_cpu
     attention_block: int = 512                # query rows per block (blockwise)
     loss_chunk: int = 0                       # cross-entropy over chunks of this many positions (0: whole)
-    loss_positions: str = "auto"              # logits at: auto (weighted on one CPU device, else all) / all / weighted
+    loss_positions: str = "auto"              # logits at: auto / all (reference) / weighted
+    # ("auto": the fused CPU attention and weighted positions on one CPU device; ComputeConfig.for_devices)
     microbatches: int = 1                     # gradient accumulation: one update per global batch
 
     @property
