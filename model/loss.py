@@ -134,7 +134,7 @@ def weighted_cross_entropy_sums(hidden: jax.Array, table: jax.Array, targets: ja
                                 scale: float, block: int = 512) -> Sums:
     """projected_cross_entropy_sums with logits made only where the loss weight is not zero.
 
-    Positions of weight zero (prefix-LM inputs, padding: 61% of the benchmark's synthetic UL2
+    Positions of weight zero (prefix-LM inputs, padding: two thirds of the demo's UL2 and MT
     batches) add nothing to the sums or their gradients, yet cost a third of a CPU train step
     in the three vocabulary matmuls. Here the weighted positions are moved to the front and a
     loop makes the logits of `block` of them at a time, as many blocks as hold weighted rows,

@@ -179,8 +179,9 @@ struct Scratch {
   std::vector<float> kt, kp, vt, vp, scores, grads, rows, dkt, dvt;
 };
 
-// Probabilities of rows [r0, r0 + n) (queries t0.. of one block) over columns [lo, hi):
-// exp(score - lse) where kept, else 0. Forward (lse == nullptr): computes and writes lse.
+// Probabilities of rows [r0, r0 + n) (one block of queries) over the block's columns from lo,
+// in place, 0 where not kept. Forward (lse_in == nullptr): softmax over the kept keys, each
+// row's log-sum-exp written to lse_out. Backward: exp(score - lse_in), the forward's values.
 void Softmax(float* scores, int64_t n, int64_t width, int64_t lo, int64_t r0, const Shape& s,
              const RowMask& mask, float* lse_out, const float* lse_in) {
   for (int64_t i = 0; i < n; ++i) {
