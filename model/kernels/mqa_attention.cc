@@ -127,13 +127,17 @@ struct Shape {
   int64_t B, T, H, S, D, Sp, Dp, rows_per_block;
 };
 
-Shape ShapeOf(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k) {
-  auto qd = q.dimensions();
-  Shape s{qd[0], qd[1], qd[2], k.dimensions()[1], qd[3], 0, 0, 0};
-  s.Sp = RoundUp(s.S);
-  s.Dp = RoundUp(s.D);
-  s.rows_per_block = std::max<int64_t>(1, 64 / s.H);  // queries per block: ~64 rows of scores
-  return s;
+// The shape of q [B,T,H,D], k/v [B,S,D], mask [B,T,S] into `s`, or the error if they disagree.
+ffi::Error ShapeOf(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, const ffi::Buffer<ffi::F32>& v,
+                   const ffi::Buffer<ffi::PRED>& mask, Shape& s) {
+  auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), md = mask.dimensions();
+  if (qd.size() != 4 || kd.size() != 3 || vd.size() != 3 || md.size() != 3 || kd[0] != qd[0] ||
+      kd[2] != qd[3] || vd[0] != qd[0] || vd[1] != kd[1] || vd[2] != qd[3] || md[0] != qd[0] ||
+      md[1] != qd[1] || md[2] != kd[1])
+    return ffi::Error::InvalidArgument("mqa_attention: expected q [B,T,H,D], k/v [B,S,D], mask [B,T,S]");
+  s = Shape{qd[0], qd[1], qd[2], kd[1], qd[3], RoundUp(kd[1]), RoundUp(qd[3]),
+            std::max<int64_t>(1, 64 / qd[2])};  // queries per block: ~64 rows of scores
+  return ffi::Error::Success();
 }
 
 // Per batch row: the mask as 0/1 floats padded to Sp keys, and each query's kept-key range.
@@ -163,15 +167,17 @@ struct RowMask {
   }
 };
 
-// x [S, D] -> padded transpose [D, Sp] and padded copy [Sp, Dp] (zeros beyond S and D).
-void Pack(const float* x, const Shape& s, std::vector<float>& transposed, std::vector<float>& padded) {
-  transposed.assign(s.D * s.Sp, 0.f);
-  padded.assign(s.Sp * s.Dp, 0.f);
+// x [S, D] -> its transpose [D, Sp], zeros beyond S (the right operand of q . k^T, dO . v^T).
+void Transposed(const float* x, const Shape& s, std::vector<float>& out) {
+  out.assign(s.D * s.Sp, 0.f);
   for (int64_t j = 0; j < s.S; ++j)
-    for (int64_t d = 0; d < s.D; ++d) {
-      transposed[d * s.Sp + j] = x[j * s.D + d];
-      padded[j * s.Dp + d] = x[j * s.D + d];
-    }
+    for (int64_t d = 0; d < s.D; ++d) out[d * s.Sp + j] = x[j * s.D + d];
+}
+
+// x [S, D] -> [Sp, Dp], zeros beyond S and D (the right operand of P . v, dS . k).
+void Padded(const float* x, const Shape& s, std::vector<float>& out) {
+  out.assign(s.Sp * s.Dp, 0.f);
+  for (int64_t j = 0; j < s.S; ++j) std::memcpy(out.data() + j * s.Dp, x + j * s.D, s.D * sizeof(float));
 }
 
 struct Scratch {
@@ -225,8 +231,8 @@ void ForwardRow(int64_t b, const Shape& s, const float* q, const float* k, const
   q += b * R * s.D; k += b * s.S * s.D; v += b * s.S * s.D; mask += b * s.T * s.S;
   out += b * R * s.D; lse += b * R;
   w.mask.Build(mask, s);
-  Pack(k, s, w.kt, w.kp);
-  Pack(v, s, w.vt, w.vp);
+  Transposed(k, s, w.kt);
+  Padded(v, s, w.vp);
   w.scores.resize(s.rows_per_block * s.H * s.Sp);
   w.rows.resize(s.rows_per_block * s.H * s.Dp);
   std::vector<float> mean_v(s.D, 0.f);
@@ -258,8 +264,9 @@ void BackwardRow(int64_t b, const Shape& s, const float* q, const float* k, cons
   out += b * R * s.D; lse += b * R; dout += b * R * s.D;
   dq += b * R * s.D; dk += b * s.S * s.D; dv += b * s.S * s.D;
   w.mask.Build(mask, s);
-  Pack(k, s, w.kt, w.kp);
-  Pack(v, s, w.vt, w.vp);
+  Transposed(k, s, w.kt);
+  Padded(k, s, w.kp);
+  Transposed(v, s, w.vt);
   w.scores.resize(s.rows_per_block * s.H * s.Sp);
   w.grads.resize(s.rows_per_block * s.H * s.Sp);
   w.rows.resize(s.rows_per_block * s.H * s.Dp);
@@ -307,21 +314,11 @@ void BackwardRow(int64_t b, const Shape& s, const float* q, const float* k, cons
     }
 }
 
-ffi::Error Check(const Shape& s, const ffi::Buffer<ffi::F32>& k, const ffi::Buffer<ffi::F32>& v,
-                 const ffi::Buffer<ffi::PRED>& mask) {
-  auto kd = k.dimensions(), vd = v.dimensions(), md = mask.dimensions();
-  if (kd.size() != 3 || vd.size() != 3 || md.size() != 3 || kd[0] != s.B || kd[2] != s.D ||
-      vd[0] != s.B || vd[1] != s.S || vd[2] != s.D || md[0] != s.B || md[1] != s.T || md[2] != s.S)
-    return ffi::Error::InvalidArgument("mqa_attention: expected q [B,T,H,D], k/v [B,S,D], mask [B,T,S]");
-  return ffi::Error::Success();
-}
-
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask,
                        ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
-  if (q.dimensions().size() != 4) return ffi::Error::InvalidArgument("mqa_attention: q must be [B,T,H,D]");
-  Shape s = ShapeOf(q, k);
-  if (auto error = Check(s, k, v, mask); error.failure()) return error;
+  Shape s;
+  if (auto error = ShapeOf(q, k, v, mask, s); error.failure()) return error;
   ParallelFor(pool, s.B, [&](int64_t b) {
     thread_local Scratch scratch;
     ForwardRow(b, s, q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(),
@@ -335,9 +332,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
                         ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
                         ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
                         ffi::ResultBuffer<ffi::F32> dv) {
-  if (q.dimensions().size() != 4) return ffi::Error::InvalidArgument("mqa_attention: q must be [B,T,H,D]");
-  Shape s = ShapeOf(q, k);
-  if (auto error = Check(s, k, v, mask); error.failure()) return error;
+  Shape s;
+  if (auto error = ShapeOf(q, k, v, mask, s); error.failure()) return error;
   ParallelFor(pool, s.B, [&](int64_t b) {
     thread_local Scratch scratch;
     BackwardRow(b, s, q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(), out.typed_data(),

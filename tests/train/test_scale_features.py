@@ -104,14 +104,16 @@ def _temporaries(model_overrides: dict, **train) -> int:
 
 
 @pytest.mark.parametrize("model,feature,baseline", [
-    ({}, {"loss_chunk": 32, "vocab": 8192}, {"vocab": 8192, "loss_positions": "all"}),  # float32 logits of 32 positions at a time
-    ({}, {"loss_positions": "weighted", "vocab": 8192}, {"vocab": 8192, "loss_positions": "all"}),  # of 512 rows at a time
-    ({}, {"attention": "blockwise", "attention_block": 32}, {"attention": "einsum"}),  # scores of 32 queries at a time
+    # float32 logits of 32 positions at a time; of 512 weighted rows at a time:
+    ({}, {"loss_chunk": 32, "vocab": 8192}, {"vocab": 8192, "loss_positions": "all"}),
+    ({}, {"loss_positions": "weighted", "vocab": 8192}, {"vocab": 8192, "loss_positions": "all"}),
+    ({}, {"attention": "blockwise", "attention_block": 32}, {"attention": "einsum"}),  # scores of 32 queries
     ({}, {"attention": "fused_cpu"}, {"attention": "einsum"}),    # no scores kept: output and log-sum-exp
     ({"scan_layers": True}, {"remat": "full"}, {}),               # each layer's input only
     ({"scan_layers": True}, {"remat": "save_matmuls"}, {}),       # and its projections' outputs
     ({}, {"microbatches": 4}, {}),                                # a quarter of the batch at a time
-], ids=["loss chunks", "weighted loss positions", "blockwise", "fused_cpu", "remat full", "remat save_matmuls", "microbatches"])
+], ids=["loss chunks", "weighted loss positions", "blockwise", "fused_cpu", "remat full", "remat save_matmuls",
+        "microbatches"])
 def test_feature_lowers_planned_memory(model, feature, baseline):
     """XLA's planned temporaries on CPU (it schedules a remat only inside the layer scan; TPU
     rematerialises unrolled layers too)."""
